@@ -1,0 +1,56 @@
+"""Resolve the organization the logged-in user is working in.
+
+The current org is remembered in the session; it always comes from the user's own memberships,
+never from a client-sent id. ``request.membership`` and ``request.org`` are lazy: requests that
+don't use them cost no query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+from django.utils.functional import SimpleLazyObject
+
+from . import selectors
+from .models import Membership, Organization, User
+
+SESSION_KEY = "current_org_id"
+
+
+def current_membership(request: HttpRequest) -> Membership | None:
+    user = request.user
+    if not user.is_authenticated:
+        return None
+    membership = selectors.membership_in(user=user, org_id=request.session.get(SESSION_KEY))
+    if membership is None:
+        membership = selectors.memberships_of(user=user).first()
+        if membership is not None:
+            request.session[SESSION_KEY] = membership.organization_id
+    return membership
+
+
+class CurrentOrganizationMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        membership = SimpleLazyObject(lambda: current_membership(request))
+        request.membership = membership  # type: ignore[attr-defined]
+        request.org = SimpleLazyObject(  # type: ignore[attr-defined]
+            lambda: membership.organization if membership else None
+        )
+        return self.get_response(request)
+
+
+class AuthedRequest(HttpRequest):
+    """For type checking: a request whose user is logged in."""
+
+    user: User
+
+
+class OrgRequest(AuthedRequest):
+    """For type checking: a dashboard request with its current organization resolved."""
+
+    org: Organization
+    membership: Membership

@@ -1,0 +1,34 @@
+from django.urls import path
+
+from . import views
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("playground/", views.coming_soon("playground"), name="playground"),
+    path("usage/", views.coming_soon("usage"), name="usage"),
+    path("billing/", views.coming_soon("billing"), name="billing"),
+    path("routing/", views.coming_soon("routing"), name="routing"),
+    path("recommendations/", views.coming_soon("recommendations"), name="recommendations"),
+    path("keys/", views.api_keys, name="api_keys"),
+    path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+    path("team/", views.team, name="team"),
+    path(
+        "team/invitations/<int:invitation_id>/revoke/",
+        views.invitation_revoke,
+        name="invitation_revoke",
+    ),
+    path("team/members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
+    path("team/members/<int:membership_id>/role/", views.member_role, name="member_role"),
+    path(
+        "team/members/<int:membership_id>/transfer/",
+        views.transfer_ownership,
+        name="transfer_ownership",
+    ),
+    path("team/leave/", views.leave, name="leave"),
+    path("orgs/switch/", views.switch_org, name="switch_org"),
+    path("orgs/new/", views.org_create, name="org_create"),
+    path("settings/", views.org_settings, name="settings"),
+    path("audit/", views.audit_log, name="audit"),
+]

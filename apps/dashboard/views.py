@@ -1,0 +1,311 @@
+"""Dashboard pages. Thin: parse the form, call a service or selector, render.
+
+Every page works on ``request.org``, the current organization resolved from the user's own
+memberships. Objects of other organizations are simply not found (404).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from apps.accounts import selectors, services
+from apps.accounts.middleware import SESSION_KEY, AuthedRequest, OrgRequest
+from apps.accounts.models import Role
+from llmwise.errors import ApplicationError, NotFound, NotPermitted
+
+from .forms import ApiKeyCreateForm, InvitationForm, OrganizationForm, OrganizationSettingsForm
+
+View = Callable[..., HttpResponse]
+
+
+def org_page(role: str = Role.MEMBER) -> Callable[[View], View]:
+    """Require a logged-in user with at least ``role`` in the current organization.
+
+    Service errors raised by the view become flash messages (or 404/403 pages), so views only
+    handle the happy path.
+    """
+
+    def decorator(view: View) -> View:
+        @login_required
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            membership = request.membership  # type: ignore[attr-defined]
+            if not membership:
+                raise Http404("You are not a member of any organization.")
+            if not membership.has_role(role):
+                raise PermissionDenied(f"This page needs the {Role(role).label.lower()} role.")
+            try:
+                return view(request, *args, **kwargs)
+            except NotFound as exc:
+                raise Http404(exc.message) from exc
+            except NotPermitted as exc:
+                raise PermissionDenied(exc.message) from exc
+            except ApplicationError as exc:
+                messages.error(request, exc.message)
+                return redirect(request.get_full_path())
+
+        return wrapped
+
+    return decorator
+
+
+COMING_SOON = {
+    "playground": ("Playground", "Chat, Compare, Blend, Judge and Failover, streaming live."),
+    "usage": ("Usage & logs", "Every request with its model, tokens, cost and latency."),
+    "billing": ("Billing", "Your balance, credit purchases and invoices."),
+    "routing": ("Routing", "Routing policies, failover chains and provider health."),
+    "recommendations": ("Recommendations", "What to change to spend less, mined from traffic."),
+}
+
+
+@org_page()
+def overview(request: OrgRequest) -> HttpResponse:
+    org = request.org
+    keys = selectors.api_keys_of(org=org)
+    checklist = [
+        ("Verify your email address", True),
+        ("Create an API key", keys.exists()),
+        ("Make your first API call", keys.filter(last_used_at__isnull=False).exists()),
+    ]
+    return render(request, "dashboard/overview.html", {"checklist": checklist, "nav": "overview"})
+
+
+def coming_soon(section: str) -> View:
+    title, blurb = COMING_SOON[section]
+
+    @org_page()
+    def page(request: OrgRequest) -> HttpResponse:
+        return render(
+            request,
+            "dashboard/coming_soon.html",
+            {"title": title, "blurb": blurb, "nav": section},
+        )
+
+    page.__name__ = f"{section}_page"
+    return page
+
+
+# --- API keys ---------------------------------------------------------------------------------
+@org_page()
+def api_keys(request: OrgRequest) -> HttpResponse:
+    org = request.org
+    form = ApiKeyCreateForm(request.POST or None)
+    if request.method == "POST":
+        if not request.membership.has_role(Role.ADMIN):
+            raise PermissionDenied("Only admins and owners manage API keys.")
+        if form.is_valid():
+            issued = services.api_key_create(
+                org=org,
+                created_by=request.user,
+                **form.service_kwargs(),
+            )
+            # Rendered directly, never stored or redirected with: this is the only time.
+            return render(
+                request,
+                "dashboard/api_key_created.html",
+                {"api_key": issued.api_key, "secret": issued.secret, "nav": "keys"},
+            )
+    return render(
+        request,
+        "dashboard/api_keys.html",
+        {"form": form, "keys": selectors.api_keys_of(org=org), "nav": "keys"},
+        status=400 if form.is_bound and not form.is_valid() else 200,
+    )
+
+
+@require_POST
+@org_page(Role.ADMIN)
+def api_key_revoke(request: OrgRequest, key_id: int) -> HttpResponse:
+    key = services.api_key_revoke(
+        org=request.org,
+        actor=request.user,
+        key_id=key_id,
+    )
+    messages.success(request, f"Key “{key.name}” is revoked; it stops working immediately.")
+    return redirect("dashboard:api_keys")
+
+
+# --- team -------------------------------------------------------------------------------------
+@org_page()
+def team(request: OrgRequest) -> HttpResponse:
+    org = request.org
+    form = InvitationForm(request.POST or None)
+    if request.method == "POST":
+        if not request.membership.has_role(Role.ADMIN):
+            raise PermissionDenied("Only admins and owners invite members.")
+        if form.is_valid():
+            services.invitation_create(
+                org=org,
+                actor=request.user,
+                email=form.cleaned_data["email"],
+                role=form.cleaned_data["role"],
+            )
+            messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
+            return redirect("dashboard:team")
+    return render(
+        request,
+        "dashboard/team.html",
+        {
+            "form": form,
+            "members": selectors.members_of(org=org),
+            "invitations": selectors.pending_invitations(org=org),
+            "nav": "team",
+        },
+        status=400 if form.is_bound and not form.is_valid() else 200,
+    )
+
+
+def _team_action(request: OrgRequest, action: Callable[[], object], done: str) -> HttpResponse:
+    try:
+        action()
+    except (NotFound, NotPermitted):
+        raise
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done)
+    return redirect("dashboard:team")
+
+
+@require_POST
+@org_page(Role.ADMIN)
+def invitation_revoke(request: OrgRequest, invitation_id: int) -> HttpResponse:
+    return _team_action(
+        request,
+        lambda: services.invitation_revoke(
+            org=request.org,
+            actor=request.user,
+            invitation_id=invitation_id,
+        ),
+        "Invitation withdrawn.",
+    )
+
+
+@require_POST
+@org_page(Role.ADMIN)
+def member_remove(request: OrgRequest, membership_id: int) -> HttpResponse:
+    return _team_action(
+        request,
+        lambda: services.membership_remove(
+            org=request.org,
+            actor=request.user,
+            membership_id=membership_id,
+        ),
+        "Member removed.",
+    )
+
+
+@require_POST
+@org_page(Role.ADMIN)
+def member_role(request: OrgRequest, membership_id: int) -> HttpResponse:
+    return _team_action(
+        request,
+        lambda: services.membership_change_role(
+            org=request.org,
+            actor=request.user,
+            membership_id=membership_id,
+            role=request.POST.get("role", ""),
+        ),
+        "Role updated.",
+    )
+
+
+@require_POST
+@org_page(Role.OWNER)
+def transfer_ownership(request: OrgRequest, membership_id: int) -> HttpResponse:
+    return _team_action(
+        request,
+        lambda: services.organization_transfer_ownership(
+            org=request.org,
+            actor=request.user,
+            membership_id=membership_id,
+        ),
+        "Ownership transferred. You are now an admin.",
+    )
+
+
+@require_POST
+@org_page()
+def leave(request: OrgRequest) -> HttpResponse:
+    org = request.org
+    try:
+        services.membership_leave(org=org, user=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard:team")
+    request.session.pop(SESSION_KEY, None)
+    messages.success(request, f"You left {org.name}.")
+    return redirect("dashboard:overview")
+
+
+# --- organizations ----------------------------------------------------------------------------
+@require_POST
+@login_required
+def switch_org(request: AuthedRequest) -> HttpResponse:
+    membership = selectors.membership_in(
+        user=request.user,
+        org_id=request.POST.get("org"),
+    )
+    if membership is None:
+        raise Http404("Organization not found.")
+    request.session[SESSION_KEY] = membership.organization_id
+    return redirect("dashboard:overview")
+
+
+@login_required
+def org_create(request: AuthedRequest) -> HttpResponse:
+    form = OrganizationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        org = services.organization_create(
+            name=form.cleaned_data["name"],
+            owner=request.user,
+        )
+        request.session[SESSION_KEY] = org.pk
+        messages.success(request, f"Created {org.name}. You are its owner.")
+        return redirect("dashboard:overview")
+    return render(
+        request,
+        "dashboard/org_create.html",
+        {"form": form},
+        status=400 if form.is_bound and not form.is_valid() else 200,
+    )
+
+
+@org_page()
+def org_settings(request: OrgRequest) -> HttpResponse:
+    org = request.org
+    initial = {"name": org.name, "zero_retention": org.zero_retention}
+    form = OrganizationSettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST":
+        if not request.membership.has_role(Role.ADMIN):
+            raise PermissionDenied("Only admins and owners change settings.")
+        if form.is_valid():
+            services.organization_update(
+                org=org,
+                actor=request.user,
+                name=form.cleaned_data["name"],
+                zero_retention=form.cleaned_data["zero_retention"],
+            )
+            messages.success(request, "Settings saved.")
+            return redirect("dashboard:settings")
+    return render(
+        request,
+        "dashboard/settings.html",
+        {"form": form, "nav": "settings"},
+        status=400 if form.is_bound and not form.is_valid() else 200,
+    )
+
+
+@org_page(Role.ADMIN)
+def audit_log(request: OrgRequest) -> HttpResponse:
+    events = selectors.audit_events_of(org=request.org)[:200]
+    return render(request, "dashboard/audit.html", {"events": events, "nav": "audit"})

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OptimizerConfig(AppConfig):
+    name = "apps.optimizer"
+    label = "optimizer"

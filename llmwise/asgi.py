@@ -1,0 +1,64 @@
+"""ASGI entry point: HTTP through Django, WebSockets through Channels, plus a lifespan handler.
+
+Serving this module any way (``make run``, ``uvicorn llmwise.asgi:application``, the Docker
+image) gives a working product. In the embedded default the lifespan also starts the in-process
+scheduler that stands in for Celery beat.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmwise.settings.dev")
+django_http = get_asgi_application()
+
+# Imported after Django is set up: routing pulls in models and consumers.
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from llmwise.embedded import EmbeddedScheduler  # noqa: E402
+from llmwise.routing import websocket_urlpatterns  # noqa: E402
+
+Scope = dict[str, Any]
+
+router = ProtocolTypeRouter(
+    {
+        "http": django_http,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)
+
+
+class LifespanApp:
+    """Handles ASGI ``lifespan`` (start/stop of in-process services) and delegates the rest."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.scheduler: EmbeddedScheduler | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if settings.EMBEDDED:
+                    self.scheduler = EmbeddedScheduler()
+                    self.scheduler.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.scheduler is not None:
+                    self.scheduler.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+application = LifespanApp(router)

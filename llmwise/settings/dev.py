@@ -1,0 +1,8 @@
+"""The embedded default: what ``manage.py`` and a plain ``uvicorn llmwise.asgi:application`` use."""
+
+from .base import *  # noqa: F403
+from .base import SECRET_KEY, env
+
+DEBUG = env.bool("DEBUG", default=True)
+# A fixed development key keeps sessions valid across restarts; production has no default.
+SECRET_KEY = SECRET_KEY or "dev-only-insecure-key-change-me"

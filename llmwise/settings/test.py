@@ -1,0 +1,30 @@
+"""Test settings: the same stack as production shape when DATABASE_URL/REDIS_URL are set.
+
+pytest-xdist runs several workers; each gets its own Redis database so that clearing the cache
+in one worker never touches another's keys.
+"""
+
+import os
+
+from .base import *  # noqa: F403
+from .base import CACHES, CHANNEL_LAYERS, DATABASES, REDIS_URL
+
+SECRET_KEY = "test-only-secret-key"  # noqa: S105
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# Pooled connections outlive pytest-django's test-database switch; plain connections don't.
+DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_worker_index = int(_worker.removeprefix("gw") or 0)
+if REDIS_URL:
+    _redis_base = REDIS_URL.rsplit("/", 1)[0] if REDIS_URL.count("/") > 2 else REDIS_URL
+    _worker_redis = f"{_redis_base}/{1 + _worker_index % 15}"
+    CACHES["default"]["LOCATION"] = _worker_redis
+    CHANNEL_LAYERS["default"]["CONFIG"] = {"hosts": [_worker_redis], "prefix": "llmwise:ch"}
+
+CELERY_TASK_ALWAYS_EAGER = True
+ACCOUNT_RATE_LIMITS = False

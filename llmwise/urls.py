@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from llmwise import health
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("accounts/", include("allauth.urls")),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("apps.accounts.api_urls")),
+    path("dashboard/", include("apps.dashboard.urls")),
+    path("", include("apps.dashboard.public_urls")),
+]

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# README command 2: set up, lint, type-check and run the whole test suite in parallel.
+# With DATABASE_URL / REDIS_URL set (as .ci/run does) the tests run on PostgreSQL and Redis.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/bootstrap.sh
+echo "==> ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "==> mypy"
+.venv/bin/mypy .
+echo "==> pytest"
+exec .venv/bin/pytest -n "${PYTEST_WORKERS:-auto}" "$@"
