@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.core.cache import cache
+from django.test import Client
+
+from apps.accounts.models import Organization, Role, User
+from tests.factories import UserFactory, add_member, org_with_owner
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> None:
+    """Each test starts with an empty cache (its own Redis database under xdist)."""
+    cache.clear()
+
+
+@dataclass
+class Personas:
+    """One organization with an owner, an admin and a member, and an outsider who owns another."""
+
+    org: Organization
+    owner: User
+    admin: User
+    member: User
+    outsider: User
+    other_org: Organization
+
+    def client(self, user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+
+@pytest.fixture
+def personas(db: None) -> Personas:
+    owner = UserFactory(email="owner@acme.test")
+    org = org_with_owner("Acme", owner)
+    admin = add_member(org, Role.ADMIN, UserFactory(email="admin@acme.test"))
+    member = add_member(org, Role.MEMBER, UserFactory(email="member@acme.test"))
+    outsider = UserFactory(email="outsider@globex.test")
+    other_org = org_with_owner("Globex", outsider)
+    return Personas(org, owner, admin, member, outsider, other_org)
