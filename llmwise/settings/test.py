@@ -21,8 +21,12 @@ DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 _worker_index = int(_worker.removeprefix("gw") or 0)
 if REDIS_URL:
-    _redis_base = REDIS_URL.rsplit("/", 1)[0] if REDIS_URL.count("/") > 2 else REDIS_URL
-    _worker_redis = f"{_redis_base}/{1 + _worker_index % 15}"
+    # Worker N of a run on redis://host/D uses database D+1+N, so two runs given different D
+    # (and different database names in DATABASE_URL) can share one machine.
+    _redis_base, _, _redis_db = REDIS_URL.rstrip("/").rpartition("/")
+    if not _redis_db.isdigit():
+        _redis_base, _redis_db = REDIS_URL.rstrip("/"), "0"
+    _worker_redis = f"{_redis_base}/{(int(_redis_db) + 1 + _worker_index) % 16}"
     CACHES["default"]["LOCATION"] = _worker_redis
     CHANNEL_LAYERS["default"]["CONFIG"] = {"hosts": [_worker_redis], "prefix": "llmwise:ch"}
 
