@@ -14,3 +14,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmwise.settings.dev")
 app = Celery("llmwise")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+HEARTBEAT_CACHE_KEY = "celery:heartbeat"
+
+
+@app.task(name="llmwise.heartbeat", ignore_result=True)
+def heartbeat(stamp: str | None = None) -> None:
+    """Periodic liveness mark: proves beat (or the embedded scheduler) and a worker both run."""
+    from django.core.cache import cache
+    from django.utils import timezone
+
+    cache.set(HEARTBEAT_CACHE_KEY, stamp or timezone.now().isoformat(), timeout=None)

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
 
 from llmwise import health
 
@@ -8,6 +9,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
+    path("api/schema", SpectacularAPIView.as_view(permission_classes=[]), name="api_schema"),
     path("api/v1/", include("apps.accounts.api_urls")),
     path("dashboard/", include("apps.dashboard.urls")),
     path("", include("apps.dashboard.public_urls")),

@@ -11,7 +11,7 @@ from .base import CACHES, CHANNEL_LAYERS, DATABASES, REDIS_URL
 
 SECRET_KEY = "test-only-secret-key"  # noqa: S105
 DEBUG = False
-ALLOWED_HOSTS = ["*"]
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 

@@ -1,0 +1,108 @@
+"""The ASGI stack: Channels WebSocket routing, lifespan, the embedded scheduler, Celery wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.core.cache import cache
+
+from llmwise.asgi import LifespanApp, application
+from llmwise.celery import HEARTBEAT_CACHE_KEY, heartbeat
+from llmwise.celery import app as celery_app
+from llmwise.embedded import EmbeddedScheduler
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_websocket_ping_roundtrip() -> None:
+    async def run() -> dict:
+        communicator = WebsocketCommunicator(
+            application,
+            "/ws/ping",
+            headers=[(b"origin", b"http://127.0.0.1:8000"), (b"host", b"127.0.0.1:8000")],
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        await communicator.send_json_to({"hello": "world"})
+        reply = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return reply
+
+    reply = asyncio.run(run())
+    assert reply == {"type": "pong", "echo": {"hello": "world"}, "authenticated": False}
+
+
+def test_websocket_from_foreign_origin_is_refused() -> None:
+    async def run() -> bool:
+        communicator = WebsocketCommunicator(
+            application, "/ws/ping", headers=[(b"origin", b"http://evil.example")]
+        )
+        connected, _ = await communicator.connect()
+        return connected
+
+    assert asyncio.run(run()) is False
+
+
+def test_lifespan_starts_and_stops_the_embedded_scheduler(settings) -> None:
+    settings.EMBEDDED = True
+    app = LifespanApp(application)
+    sent: list[dict] = []
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        if message["type"] == "lifespan.startup.complete":
+            assert app.scheduler is not None
+            assert app.scheduler._thread is not None
+
+    asyncio.run(app({"type": "lifespan"}, receive, send))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert app.scheduler is not None
+    assert app.scheduler._thread is None
+
+
+def test_embedded_scheduler_runs_periodic_celery_tasks() -> None:
+    scheduler = EmbeddedScheduler({"hb": {"task": "llmwise.heartbeat", "schedule": 0.2}})
+    cache.delete(HEARTBEAT_CACHE_KEY)
+    scheduler.start()
+    try:
+        assert _wait_for(lambda: scheduler.runs["hb"] >= 2, timeout=5)
+    finally:
+        scheduler.stop()
+    assert cache.get(HEARTBEAT_CACHE_KEY)
+
+
+def test_beat_schedule_names_registered_tasks() -> None:
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        assert entry["task"] in celery_app.tasks, name
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (a real broker)")
+def test_real_celery_worker_consumes_from_redis() -> None:
+    from celery.contrib.testing.worker import start_worker
+
+    assert celery_app.conf.broker_url == settings.REDIS_URL
+    stamp = uuid.uuid4().hex
+    celery_app.conf.task_always_eager = False
+    try:
+        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            heartbeat.delay(stamp)
+            assert _wait_for(lambda: cache.get(HEARTBEAT_CACHE_KEY) == stamp, timeout=20)
+    finally:
+        celery_app.conf.task_always_eager = True
