@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from channels.testing import WebsocketCommunicator
+from channels.testing.websocket import WebsocketCommunicator
 from django.conf import settings
 from django.core.cache import cache
 

@@ -1,4 +1,4 @@
-"""Fixtures for the browser journeys: one headless Chromium per test session, one context per test.
+"""Fixtures for the browser journeys: a headless Chromium and a fresh context per test.
 
 The tests drive Debian's Chromium (``/usr/bin/chromium``) through Playwright's sync API against
 pytest-django's ``live_server``. Playwright's own browser downloads are never used.
@@ -25,10 +25,7 @@ if TYPE_CHECKING:
 # Django sees that running loop and refuses ORM calls from the test with SynchronousOnlyOperation,
 # although nothing here is actually async: the test thread blocks while Playwright works. The
 # live server handles requests in its own thread and is unaffected. Django reads this flag on
-# every ORM call, so setting it here (at collection) is enough. Note it is process-wide: when the
-# browser tests are collected with the rest of the suite, the check is off for every test in that
-# pytest process (or xdist worker), not only these.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# every ORM call, so the autouse fixture below sets it for the browser tests only.
 
 # pytest-django's live_server listens on "localhost" by default, which Chromium may resolve to ::1
 # while the server is bound to IPv4. Pin the loopback address (port 0: a free port per xdist
@@ -61,7 +58,15 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"browser tests skipped: {reason} (set LLMWISE_REQUIRE_BROWSER=1 to fail instead)")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(autouse=True)
+def _allow_orm_beside_playwright_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+# Function-scoped on purpose: Playwright's sync API keeps an event loop running in this thread
+# while it is started, which would make every later non-browser test in the same xdist worker
+# look "async" to Django and asyncio. Starting Chromium per test costs well under a second.
+@pytest.fixture
 def browser() -> Generator[Browser, None, None]:
     if not CHROMIUM.exists():
         _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
