@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from django.db import connections
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -83,6 +84,10 @@ def browser() -> Generator[Browser, None, None]:
         playwright.stop()
         raise
     yield browser
+    # ORM calls made by the test while Playwright's loop ran live in a context-local connection
+    # that pytest-django's teardown cannot see; close it here or PostgreSQL refuses to drop the
+    # test database ("being accessed by other users").
+    connections.close_all()
     browser.close()
     playwright.stop()
 
