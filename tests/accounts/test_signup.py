@@ -111,3 +111,13 @@ def test_invalid_signup_rerenders_with_errors(
     assert response.context["form"].errors[field]
     assert not User.objects.exists()
     assert not Organization.objects.exists()
+
+
+def test_social_login_appears_only_when_configured(settings) -> None:
+    assert "/accounts/github/login/" not in Client().get("/accounts/login/").content.decode()
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        "github": {"APPS": [{"client_id": "id", "secret": "s", "key": ""}], "SCOPE": ["user:email"]}
+    }
+    page = Client().get("/accounts/login/").content.decode()
+    assert "/accounts/github/login/" in page
+    assert "/accounts/google/login/" not in page
