@@ -15,5 +15,6 @@ npm ci --no-audit --no-fund --loglevel=error
 mkdir -p static/vendor
 cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
 cp node_modules/chart.js/dist/chart.umd.min.js static/vendor/chart.umd.min.js
+cp node_modules/chart.js/dist/chart.umd.min.js.map static/vendor/chart.umd.min.js.map
 cp node_modules/@picocss/pico/css/pico.min.css static/vendor/pico.min.css
 echo "$want" > "$stamp"
