@@ -61,4 +61,19 @@ class LifespanApp:
                 return
 
 
-application = LifespanApp(router)
+def _with_stripe_sandbox(app: Any) -> Any:
+    """In test mode without Stripe keys, serve the fake Stripe at STRIPE_SANDBOX_PREFIX."""
+    if not settings.STRIPE_SANDBOX:
+        return app
+    from django.urls import reverse
+
+    from apps.wallet.stripe_sandbox import PathMount, StripeSandbox
+
+    sandbox = StripeSandbox(
+        webhook_url=settings.SITE_URL + reverse("stripe_webhook"),
+        webhook_secret=settings.STRIPE_WEBHOOK_SECRET,
+    )
+    return PathMount(app, prefix=settings.STRIPE_SANDBOX_PREFIX, mounted=sandbox)
+
+
+application = LifespanApp(_with_stripe_sandbox(router))

@@ -11,6 +11,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema", SpectacularAPIView.as_view(permission_classes=[]), name="api_schema"),
     path("api/v1/", include("apps.accounts.api_urls")),
+    path("api/v1/", include("apps.wallet.api_urls")),
+    path("webhooks/", include("apps.wallet.webhook_urls")),
     path("dashboard/", include("apps.dashboard.urls")),
     path("", include("apps.dashboard.public_urls")),
 ]

@@ -99,3 +99,9 @@ def test_production_passes_deploy_checks() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_production_refuses_the_stripe_sandbox() -> None:
+    result = _load_settings("llmwise.settings.prod", {**PROD_ENV, "STRIPE_SANDBOX": "true"})
+    assert result.returncode != 0
+    assert "STRIPE_SANDBOX" in result.stderr

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -8,7 +8,7 @@ urlpatterns = [
     path("", views.overview, name="overview"),
     path("playground/", views.coming_soon("playground"), name="playground"),
     path("usage/", views.coming_soon("usage"), name="usage"),
-    path("billing/", views.coming_soon("billing"), name="billing"),
+    path("billing/", include("apps.wallet.urls")),
     path("routing/", views.coming_soon("routing"), name="routing"),
     path("recommendations/", views.coming_soon("recommendations"), name="recommendations"),
     path("keys/", views.api_keys, name="api_keys"),

@@ -274,5 +274,35 @@ LOGGING = {
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.db.backends": {"level": "WARNING"},
+        # One line per successful task is noise; failures still log at ERROR.
+        "celery.app.trace": {"level": "WARNING"},
     },
 }
+
+# --- wallet -----------------------------------------------------------------------------------
+# Trial credit (micro-USD) granted once per personal organization, after email verification.
+TRIAL_CREDIT_MICROS: int = env.int("TRIAL_CREDIT_MICROS", default=1_000_000)
+WALLET_PURCHASE_MIN_MICROS = 5_000_000  # $5
+WALLET_PURCHASE_MAX_MICROS = 10_000_000_000  # $10,000
+WALLET_PURCHASE_PRESETS_USD = (10, 25, 50, 100)
+# A held reservation this long past its expiry means the sweeper is not running (wallet_audit).
+WALLET_SWEEP_GRACE_SECONDS = 600
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "wallet-release-expired-reservations": {
+            "task": "apps.wallet.tasks.release_expired_reservations",
+            "schedule": 60.0,
+        }
+    }
+)
+# Stripe: empty STRIPE_API_BASE means the real Stripe. With no STRIPE_SECRET_KEY the embedded
+# default serves a fake Stripe (apps.wallet.stripe_sandbox) at /_sandbox/stripe/ with test-mode
+# keys, so a purchase completes in the browser. Never in production: prod needs REDIS_URL, so
+# it is never EMBEDDED, and STRIPE_SANDBOX defaults off there.
+STRIPE_SANDBOX: bool = env.bool("STRIPE_SANDBOX", default=EMBEDDED and not STRIPE_SECRET_KEY)
+STRIPE_SANDBOX_PREFIX = "/_sandbox/stripe"
+STRIPE_API_BASE: str = env.str("STRIPE_API_BASE", default="").rstrip("/")
+if STRIPE_SANDBOX:
+    STRIPE_SECRET_KEY = STRIPE_SECRET_KEY or "sk_test_llmwise_sandbox"
+    STRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET or "whsec_llmwise_sandbox"
+    STRIPE_API_BASE = STRIPE_API_BASE or SITE_URL + STRIPE_SANDBOX_PREFIX

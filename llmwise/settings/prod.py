@@ -17,6 +17,11 @@ if _missing:
 
 DEBUG = False
 SECRET_KEY = env.str("SECRET_KEY")
+if env.bool("STRIPE_SANDBOX", default=False):
+    raise ImproperlyConfigured(
+        "STRIPE_SANDBOX is a test-mode fake and cannot run with production settings."
+    )
+STRIPE_SANDBOX = False
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

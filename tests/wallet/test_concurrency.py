@@ -1,0 +1,125 @@
+"""Many simultaneous reserves and settles against one wallet, each thread with its own database
+connection, on PostgreSQL: nothing is overspent, the ledger balances."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import TypeVar
+
+import pytest
+from django.db import connection
+
+from apps.wallet import selectors, services
+from apps.wallet.models import LedgerEntry, Reservation, Wallet
+from apps.wallet.services import InsufficientCredit
+from tests.conftest import Personas
+from tests.wallet.conftest import needs_postgres, usd
+
+pytestmark = [needs_postgres, pytest.mark.django_db(transaction=True)]
+
+THREADS = 55
+T = TypeVar("T")
+
+
+def _simultaneously(count: int, work: Callable[[int], T]) -> list[T | Exception]:
+    """Run ``work(i)`` in ``count`` threads released together by a barrier."""
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> T | Exception:
+        try:
+            barrier.wait(timeout=30)
+            return work(i)
+        except Exception as exc:
+            return exc
+        finally:
+            connection.close()  # each thread opened its own connection
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def test_concurrent_reservations_only_the_affordable_ones_succeed(
+    personas: Personas, fund: Callable[..., Wallet]
+) -> None:
+    wallet = fund(personas.org, 10)  # affords exactly 13 holds of $0.75 ($9.75)
+    hold = 750_000
+
+    def reserve(i: int) -> Reservation:
+        return services.wallet_reserve(
+            wallet=wallet,
+            amount_micros=hold,
+            request_id=f"req-{i}",
+            expires_in=timedelta(minutes=1),
+        )
+
+    results = _simultaneously(THREADS, reserve)
+    won = [r for r in results if isinstance(r, Reservation)]
+    refused = [r for r in results if isinstance(r, InsufficientCredit)]
+    assert len(won) == usd(10) // hold == 13
+    assert len(refused) == THREADS - 13, [r for r in results if not isinstance(r, Reservation)]
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == 13 * hold
+    assert wallet.available_micros == usd(10) - 13 * hold >= 0
+    assert Reservation.objects.filter(status=Reservation.Status.HELD).count() == 13
+    assert selectors.wallet_audit_problems() == []
+
+
+def test_concurrent_reserve_and_settle_mixed_never_overspend(
+    personas: Personas, fund: Callable[..., Wallet]
+) -> None:
+    wallet = fund(personas.org, 5)
+
+    def call(i: int) -> int:
+        # Uneven holds; actual cost sometimes above the hold (the gateway's estimate was low).
+        amount = 200_000 + (i % 7) * 50_000
+        res = services.wallet_reserve(
+            wallet=wallet,
+            amount_micros=amount,
+            request_id=f"mix-{i}",
+            expires_in=timedelta(minutes=1),
+        )
+        actual = amount * 2 if i % 5 == 0 else amount // 2
+        settled = services.reservation_settle(reservation=res, actual_micros=actual)
+        return settled.settled_micros
+
+    results = _simultaneously(THREADS, call)
+    unexpected = [
+        r for r in results if isinstance(r, Exception) and not isinstance(r, InsufficientCredit)
+    ]
+    assert unexpected == []
+    charged = sum(r for r in results if isinstance(r, int))
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == 0
+    assert wallet.balance_micros == usd(5) - charged >= 0
+    assert wallet.spent_micros == charged
+    assert (
+        -sum(
+            LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE).values_list(
+                "amount_micros", flat=True
+            )
+        )
+        == charged
+    )
+    assert selectors.wallet_audit_problems() == []
+
+
+def test_concurrent_reserves_with_one_request_id_hold_once(
+    personas: Personas, fund: Callable[..., Wallet]
+) -> None:
+    wallet = fund(personas.org, 10)
+
+    def reserve(_: int) -> int:
+        res = services.wallet_reserve(
+            wallet=wallet, amount_micros=usd(1), request_id="dup", expires_in=timedelta(minutes=1)
+        )
+        return res.pk
+
+    results = _simultaneously(20, reserve)
+    assert all(isinstance(r, int) for r in results), results
+    assert len(set(results)) == 1
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == usd(1)
+    assert selectors.wallet_audit_problems() == []
