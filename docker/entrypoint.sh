@@ -27,7 +27,7 @@ case "$role" in
     exec celery -A llmwise worker --loglevel=info --concurrency "${CELERY_CONCURRENCY:-2}" "$@"
     ;;
   beat)
-    exec celery -A llmwise beat --loglevel=info --schedule /tmp/celerybeat-schedule "$@"
+    exec celery -A llmwise beat --loglevel=info --schedule var/run/celerybeat-schedule "$@"
     ;;
   migrate)
     python manage.py migrate --noinput
