@@ -393,7 +393,9 @@ def test_entrypoint_roles_run_the_right_commands() -> None:
     assert "migrate" not in web, "web must not migrate: the one-shot migrate service does"
     assert "exec celery -A llmwise worker --loglevel=info --concurrency" in branches["worker"]
     beat = branches["beat"]
-    assert "exec celery -A llmwise beat --loglevel=info --schedule var/run/celerybeat-schedule" in beat
+    assert (
+        "exec celery -A llmwise beat --loglevel=info --schedule var/run/celerybeat-schedule" in beat
+    )
     migrate = branches["migrate"]
     assert migrate.index("manage.py migrate --noinput") < migrate.index("manage.py seed")
     assert 'exec python manage.py "$@"' in branches["manage"]
