@@ -11,12 +11,29 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
 from .models import Role
 
 View = Callable[..., HttpResponse]
+
+
+def _back(request: HttpRequest) -> str:
+    """Where to show a refused action's message: the page the form was on, when it is ours.
+
+    Redirecting to the action's own URL would turn a POST-only endpoint into a 405.
+    """
+    if request.method == "GET":
+        return request.get_full_path()
+    referer = request.headers.get("referer", "")
+    if url_has_allowed_host_and_scheme(
+        referer, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return referer
+    return reverse("dashboard:overview")
 
 
 def org_page(role: str = Role.MEMBER) -> Callable[[View], View]:
@@ -43,7 +60,7 @@ def org_page(role: str = Role.MEMBER) -> Callable[[View], View]:
                 raise PermissionDenied(exc.message) from exc
             except ApplicationError as exc:
                 messages.error(request, exc.message)
-                return redirect(request.get_full_path())
+                return redirect(_back(request))
 
         return wrapped
 

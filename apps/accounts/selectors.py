@@ -43,6 +43,21 @@ def pending_invitations(*, org: Organization) -> QuerySet[Invitation]:
     ).order_by("-created_at")
 
 
+def invitations_addressed_to(*, user: User) -> QuerySet[Invitation]:
+    """Pending invitations sent to this user's email address, from any organization."""
+    return (
+        Invitation.objects.filter(
+            email__iexact=user.email,
+            accepted_at=None,
+            revoked_at=None,
+            expires_at__gt=timezone.now(),
+        )
+        .exclude(organization__memberships__user=user)
+        .select_related("organization", "invited_by")
+        .order_by("-created_at")
+    )
+
+
 def api_keys_of(*, org: Organization) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(organization=org).order_by("revoked_at", "-created_at")
 

@@ -336,7 +336,26 @@ def invitation_for_token(*, token: str) -> Invitation:
 def invitation_accept(*, token: str, user: User) -> Membership:
     """Join the organization of a pending invitation addressed to ``user``'s email."""
     invitation = invitation_for_token(token=token)
-    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    return _invitation_accept_locked(invitation_id=invitation.pk, user=user)
+
+
+@transaction.atomic
+def invitation_accept_addressed(*, invitation_id: int, user: User) -> Membership:
+    """Accept an invitation listed on the dashboard of the (verified) user it was sent to.
+
+    Someone who signs up from an invitation email loses the link on the way through email
+    verification; being logged in with the invited address is what authorizes here.
+    """
+    invitation = Invitation.objects.filter(pk=invitation_id, email__iexact=user.email).first()
+    if invitation is None:
+        raise NotFound("Invitation not found.")
+    return _invitation_accept_locked(invitation_id=invitation.pk, user=user)
+
+
+def _invitation_accept_locked(*, invitation_id: int, user: User) -> Membership:
+    invitation = (
+        Invitation.objects.select_for_update().select_related("organization").get(pk=invitation_id)
+    )
     if invitation.revoked_at is not None:
         raise ApplicationError("This invitation was withdrawn.", code="invitation_revoked")
     if invitation.accepted_at is not None:

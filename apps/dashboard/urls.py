@@ -27,6 +27,7 @@ urlpatterns = [
         name="transfer_ownership",
     ),
     path("team/leave/", views.leave, name="leave"),
+    path("invitations/<int:invitation_id>/join/", views.invitation_join, name="invitation_join"),
     path("orgs/switch/", views.switch_org, name="switch_org"),
     path("orgs/new/", views.org_create, name="org_create"),
     path("settings/", views.org_settings, name="settings"),

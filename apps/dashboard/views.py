@@ -41,7 +41,26 @@ def overview(request: OrgRequest) -> HttpResponse:
         ("Create an API key", keys.exists()),
         ("Make your first API call", keys.filter(last_used_at__isnull=False).exists()),
     ]
-    return render(request, "dashboard/overview.html", {"checklist": checklist, "nav": "overview"})
+    return render(
+        request,
+        "dashboard/overview.html",
+        {
+            "checklist": checklist,
+            "invitations": selectors.invitations_addressed_to(user=request.user),
+            "nav": "overview",
+        },
+    )
+
+
+@require_POST
+@org_page()
+def invitation_join(request: OrgRequest, invitation_id: int) -> HttpResponse:
+    membership = services.invitation_accept_addressed(
+        invitation_id=invitation_id, user=request.user
+    )
+    request.session[SESSION_KEY] = membership.organization_id
+    messages.success(request, f"Welcome to {membership.organization.name}.")
+    return redirect("dashboard:overview")
 
 
 def coming_soon(section: str) -> View:

@@ -272,3 +272,29 @@ def test_settings_update(personas: Personas) -> None:
     personas.org.refresh_from_db()
     assert personas.org.name == "Acme Ltd"
     assert personas.org.zero_retention is True
+
+
+def test_invitations_addressed_to_me_are_listed_and_joinable(personas: Personas) -> None:
+    invitation = services.invitation_create(
+        org=personas.org, actor=personas.owner, email="OUTSIDER@globex.test", role=Role.ADMIN
+    ).invitation
+    # Someone else cannot use the id, and does not see it.
+    stranger = personas.client(personas.member)
+    assert "Globex" not in stranger.get(reverse("dashboard:overview")).content.decode()
+    assert (
+        stranger.post(reverse("dashboard:invitation_join", args=[invitation.pk])).status_code == 404
+    )
+
+    client = personas.client(personas.outsider)
+    page = client.get(reverse("dashboard:overview")).content.decode()
+    assert "Invitations for you" in page
+    assert "Acme" in page
+    response = client.post(reverse("dashboard:invitation_join", args=[invitation.pk]))
+    assert response.status_code == 302
+    membership = Membership.objects.get(organization=personas.org, user=personas.outsider)
+    assert membership.role == Role.ADMIN
+    assert client.session[SESSION_KEY] == personas.org.pk
+    # Used once; a second join is refused with a message, not a second membership.
+    again = client.post(reverse("dashboard:invitation_join", args=[invitation.pk]), follow=True)
+    assert "already used" in again.content.decode()
+    assert "Invitations for you" not in client.get(reverse("dashboard:overview")).content.decode()
