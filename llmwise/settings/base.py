@@ -306,3 +306,36 @@ if STRIPE_SANDBOX:
     STRIPE_SECRET_KEY = STRIPE_SECRET_KEY or "sk_test_llmwise_sandbox"
     STRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET or "whsec_llmwise_sandbox"
     STRIPE_API_BASE = STRIPE_API_BASE or SITE_URL + STRIPE_SANDBOX_PREFIX
+
+# --- gateway providers ------------------------------------------------------------------------
+# Real API base URLs, as the official SDKs spell them (OpenAI-shaped hosts include /v1).
+PROVIDER_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "xai": "https://api.x.ai/v1",
+    "together": "https://api.together.xyz/v1",
+}
+for _name in PROVIDER_BASE_URLS:
+    PROVIDER_BASE_URLS[_name] = env.str(
+        f"{_name.upper()}_BASE_URL", default=PROVIDER_BASE_URLS[_name]
+    ).rstrip("/")
+# The sandbox upstreams (apps.gateway.sandbox). PROVIDER_SANDBOX sends every provider there;
+# PROVIDER_SANDBOX_KEYLESS sends there each provider without a platform key, which is the
+# embedded default's behaviour (never production: prod needs REDIS_URL, so it is not EMBEDDED).
+# PROVIDER_SANDBOX_URL is where the sandbox listens; whoever starts a SandboxServer sets it.
+PROVIDER_SANDBOX: bool = env.bool("PROVIDER_SANDBOX", default=False)
+PROVIDER_SANDBOX_KEYLESS: bool = env.bool("PROVIDER_SANDBOX_KEYLESS", default=EMBEDDED)
+PROVIDER_SANDBOX_URL: str = env.str("PROVIDER_SANDBOX_URL", default="").rstrip("/")
+# Seconds: connect, wait for the first byte (and between stream chunks), whole call.
+PROVIDER_TIMEOUTS: dict[str, float] = {
+    "connect": env.float("PROVIDER_CONNECT_TIMEOUT", default=5.0),
+    "first_byte": env.float("PROVIDER_FIRST_BYTE_TIMEOUT", default=60.0),
+    "total": env.float("PROVIDER_TOTAL_TIMEOUT", default=600.0),
+}
+PROVIDER_HTTP_MAX_CONNECTIONS: int = env.int("PROVIDER_HTTP_MAX_CONNECTIONS", default=1000)
+PROVIDER_HTTP_MAX_KEEPALIVE: int = env.int("PROVIDER_HTTP_MAX_KEEPALIVE", default=100)

@@ -1,0 +1,123 @@
+"""Gateway fixtures: one sandbox upstream per test session (per xdist worker), real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from apps.gateway.providers.adapter import ProviderAdapter
+from apps.gateway.providers.base import ChatMessage, ChatRequest
+from apps.gateway.providers.registry import adapter_for
+from apps.gateway.providers.transport import Timeouts, http_clients_aclose
+from apps.gateway.sandbox import SandboxServer
+
+# Small enough to keep the suite fast, large enough never to trip on a loaded CI machine.
+TEST_TIMEOUTS = Timeouts(connect=2.0, first_byte=3.0, total=10.0)
+SHORT_TIMEOUTS = Timeouts(connect=1.0, first_byte=0.1, total=5.0)
+SANDBOX_KEY = "sk-test-sandbox"
+
+# The real path of each provider's base URL, which the sandbox mirrors under /<provider>.
+REAL_PATHS = {
+    "openai": "/v1",
+    "anthropic": "",
+    "gemini": "",
+    "openrouter": "/api/v1",
+    "mistral": "/v1",
+    "groq": "/openai/v1",
+    "deepseek": "/v1",
+    "xai": "/v1",
+    "together": "/v1",
+}
+MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5-20251001",
+    "gemini": "gemini-2.0-flash",
+    "openrouter": "meta-llama/llama-3.3-70b-instruct",
+    "mistral": "mistral-small-latest",
+    "groq": "llama-3.3-70b-versatile",
+    "deepseek": "deepseek-chat",
+    "xai": "grok-3",
+    "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+}
+ALL_PROVIDERS = tuple(REAL_PATHS)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxServer]:
+    server = SandboxServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def _close_clients() -> AsyncIterator[None]:
+    """Pooled clients belong to the test's event loop: close them before it goes."""
+    yield
+    await http_clients_aclose()
+
+
+def sandbox_base_url(sandbox: SandboxServer, provider: str) -> str:
+    return f"{sandbox.base_url}/{provider}{REAL_PATHS[provider]}"
+
+
+@pytest.fixture
+def make_adapter(sandbox: SandboxServer) -> Any:
+    def make(provider: str, *, timeouts: Timeouts = TEST_TIMEOUTS) -> ProviderAdapter:
+        return adapter_for(
+            provider=provider, base_url=sandbox_base_url(sandbox, provider), timeouts=timeouts
+        )
+
+    return make
+
+
+def chat(
+    text: str = "Tell me about the weather in Paris today",
+    *,
+    model: str,
+    system: str | None = None,
+    max_tokens: int | None = 200,
+    **changes: Any,
+) -> ChatRequest:
+    messages = [ChatMessage("user", text)]
+    if system is not None:
+        messages.insert(0, ChatMessage("system", system))
+    return ChatRequest(
+        upstream_model=model, messages=tuple(messages), max_tokens=max_tokens, **changes
+    )
+
+
+@dataclass
+class FaultControl:
+    """Drives POST/DELETE /_control/faults; clears everything at teardown."""
+
+    base_url: str
+
+    def set(self, **rule: Any) -> dict[str, Any]:
+        response = httpx.post(f"{self.base_url}/_control/faults", json=rule)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def clear(self, **query: str) -> int:
+        response = httpx.delete(f"{self.base_url}/_control/faults", params=query)
+        response.raise_for_status()
+        return int(response.json()["cleared"])
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.base_url}/_control/faults").json()["faults"])
+
+
+@pytest.fixture
+def faults(sandbox: SandboxServer) -> Iterator[FaultControl]:
+    control = FaultControl(sandbox.base_url)
+    control.clear()
+    yield control
+    control.clear()
