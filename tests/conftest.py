@@ -10,6 +10,14 @@ from apps.accounts.models import Organization, Role, User
 from tests.factories import UserFactory, add_member, org_with_owner
 
 
+@pytest.fixture
+def catalog(db: None) -> None:
+    """The seeded model catalog. Transactional tests flush migration data, so re-seed."""
+    from apps.gateway.services import catalog_seed
+
+    catalog_seed()
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache() -> None:
     """Each test starts with an empty cache (its own Redis database under xdist)."""

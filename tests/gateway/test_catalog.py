@@ -32,6 +32,7 @@ def priced(*, input_price: int, output_price: int, cached_price: int | None = No
 
 # --- seed and selectors -----------------------------------------------------------------------
 @pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
 def test_seed_covers_every_provider_with_prices_from_the_reference() -> None:
     providers = set(CatalogModel.objects.values_list("provider", flat=True))
     assert providers == set(Provider.values)
@@ -55,6 +56,7 @@ def test_seed_covers_every_provider_with_prices_from_the_reference() -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
 def test_resolve_by_id_and_alias() -> None:
     assert catalog_resolve(model_id="gpt-4o") == CatalogModel.objects.get(pk="gpt-4o")
     via_alias = catalog_resolve(model_id="claude-sonnet-4-5-20250929")
@@ -64,6 +66,7 @@ def test_resolve_by_id_and_alias() -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
 def test_disabled_model_resolves_to_none_by_id_and_alias() -> None:
     CatalogModel.objects.filter(pk="claude-sonnet-4.5").update(enabled=False)
     assert catalog_resolve(model_id="claude-sonnet-4.5") is None
@@ -73,6 +76,7 @@ def test_disabled_model_resolves_to_none_by_id_and_alias() -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
 def test_an_id_wins_over_an_alias_of_the_same_name() -> None:
     ModelAlias.objects.create(alias="gpt-4o", model_id="gpt-5")
     resolved = catalog_resolve(model_id="gpt-4o")
@@ -81,6 +85,7 @@ def test_an_id_wins_over_an_alias_of_the_same_name() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("catalog")
 @pytest.mark.anyio
 async def test_async_resolve_matches() -> None:
     model = await acatalog_resolve(model_id="claude-haiku-4-5")
@@ -95,6 +100,7 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
 def test_catalog_list_is_ordered_by_provider_then_id() -> None:
     keys = [(m.provider, m.id) for m in catalog_list()]
     assert keys == sorted(keys)
@@ -159,3 +165,15 @@ def test_estimates_are_chars_over_four_rounded_up() -> None:
     assert prompt_tokens_estimate(messages=messages) == (1 + 4) + (3 + 4)
     usage = usage_estimate(messages=messages, completion_text="x" * 41)
     assert usage == Usage(prompt_tokens=12, completion_tokens=11, estimated=True)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
+def test_seeding_again_restores_missing_models_and_keeps_operator_edits() -> None:
+    from apps.gateway.services import catalog_seed
+
+    CatalogModel.objects.filter(pk="gpt-4o").update(input_price_micros_per_mtok=1)
+    CatalogModel.objects.filter(pk="gpt-5").delete()
+    catalog_seed()
+    assert CatalogModel.objects.get(pk="gpt-4o").input_price_micros_per_mtok == 1
+    assert CatalogModel.objects.get(pk="gpt-5").input_price_micros_per_mtok == 1_250_000

@@ -1,6 +1,7 @@
 """seed: idempotent set-up data every installation needs (the site's domain for email links).
 
-Later releases add the model catalog here. Safe to run on every start.
+Also creates any missing model of the seeded catalog (rows edited in the admin are left as they
+are). Safe to run on every start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from django.conf import settings
 from django.contrib.sites.models import Site
 from django.core.management.base import BaseCommand
 
+from apps.gateway.services import catalog_seed
+
 
 class Command(BaseCommand):
     help = "Create or update the data every installation needs. Idempotent."
@@ -21,4 +24,5 @@ class Command(BaseCommand):
         Site.objects.update_or_create(
             pk=settings.SITE_ID, defaults={"domain": domain, "name": "LLMWise"}
         )
-        self.stdout.write(f"Seeded: site {domain}.")
+        models = catalog_seed()
+        self.stdout.write(f"Seeded: site {domain}, {models} catalog models.")
