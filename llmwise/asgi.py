@@ -2,11 +2,12 @@
 
 Serving this module any way (``make run``, ``uvicorn llmwise.asgi:application``, the Docker
 image) gives a working product. In the embedded default the lifespan also starts the in-process
-scheduler that stands in for Celery beat.
+scheduler that stands in for Celery beat, and the sandbox provider upstreams on a loopback port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -21,6 +22,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from apps.gateway.sandbox.server import SandboxServer  # noqa: E402
 from llmwise.embedded import EmbeddedScheduler  # noqa: E402
 from llmwise.routing import websocket_urlpatterns  # noqa: E402
 
@@ -36,12 +38,19 @@ router = ProtocolTypeRouter(
 )
 
 
+def sandbox_wanted() -> bool:
+    """The sandbox providers are in use and nobody has pointed us at a running sandbox."""
+    in_use = settings.PROVIDER_SANDBOX or settings.PROVIDER_SANDBOX_KEYLESS
+    return bool(in_use) and not settings.PROVIDER_SANDBOX_URL
+
+
 class LifespanApp:
     """Handles ASGI ``lifespan`` (start/stop of in-process services) and delegates the rest."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.scheduler: EmbeddedScheduler | None = None
+        self.sandbox: SandboxServer | None = None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
@@ -53,10 +62,17 @@ class LifespanApp:
                 if settings.EMBEDDED:
                     self.scheduler = EmbeddedScheduler()
                     self.scheduler.start()
+                if sandbox_wanted():
+                    # Fake upstreams on a loopback port of their own, so a provider call from
+                    # this server never waits on this server's own request handling.
+                    self.sandbox = await asyncio.to_thread(SandboxServer().start)
+                    settings.PROVIDER_SANDBOX_URL = self.sandbox.base_url
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.scheduler is not None:
                     self.scheduler.stop()
+                if self.sandbox is not None:
+                    await asyncio.to_thread(self.sandbox.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

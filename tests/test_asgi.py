@@ -11,6 +11,8 @@ from channels.testing.websocket import WebsocketCommunicator
 from django.conf import settings
 from django.core.cache import cache
 
+from apps.gateway.providers.base import ChatMessage, ChatRequest
+from apps.gateway.providers.registry import platform_key, provider_adapter
 from llmwise.asgi import LifespanApp, application
 from llmwise.celery import HEARTBEAT_CACHE_KEY, heartbeat
 from llmwise.celery import app as celery_app
@@ -56,11 +58,15 @@ def test_websocket_from_foreign_origin_is_refused() -> None:
     assert asyncio.run(run()) is False
 
 
-def test_lifespan_starts_and_stops_the_embedded_scheduler(settings) -> None:
+def test_lifespan_starts_and_stops_the_scheduler_and_sandbox_providers(settings) -> None:
     settings.EMBEDDED = True
+    settings.PROVIDER_SANDBOX_KEYLESS = True
+    settings.PROVIDER_SANDBOX_URL = ""
+    settings.PROVIDER_KEYS = {}
     app = LifespanApp(application)
     sent: list[dict] = []
     messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    answers: list[str] = []
 
     async def receive() -> dict:
         return messages.pop(0)
@@ -70,11 +76,27 @@ def test_lifespan_starts_and_stops_the_embedded_scheduler(settings) -> None:
         if message["type"] == "lifespan.startup.complete":
             assert app.scheduler is not None
             assert app.scheduler._thread is not None
+            assert app.sandbox is not None
+            assert app.sandbox.base_url == settings.PROVIDER_SANDBOX_URL
+            # A real adapter call over HTTP to the sandbox the lifespan started.
+            request = ChatRequest(
+                upstream_model="gpt-4o-mini",
+                messages=(ChatMessage(role="user", content="Say hi"),),
+                max_tokens=16,
+            )
+            result = await provider_adapter("openai").complete(
+                request, api_key=platform_key("openai")
+            )
+            answers.append(result.text)
 
     asyncio.run(app({"type": "lifespan"}, receive, send))
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert app.scheduler is not None
     assert app.scheduler._thread is None
+    assert answers
+    assert answers[0]
+    assert app.sandbox is not None
+    assert app.sandbox._thread is None
 
 
 def test_embedded_scheduler_runs_periodic_celery_tasks() -> None:
