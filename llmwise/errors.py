@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -30,6 +30,12 @@ class ApplicationError(Exception):
         if code is not None:
             self.code = code
         self.param = param
+
+
+class Unauthenticated(ApplicationError):
+    status_code: int = status.HTTP_401_UNAUTHORIZED
+    error_type = "authentication_error"
+    code = "invalid_api_key"
 
 
 class NotPermitted(ApplicationError):
@@ -69,6 +75,25 @@ def error_body(
             "request_id": request_id or new_request_id(),
         }
     }
+
+
+def application_error_response(exc: ApplicationError, *, request_id: str) -> JsonResponse:
+    """The envelope for a service error, outside DRF (the async gateway views)."""
+    body = error_body(
+        message=exc.message,
+        error_type=exc.error_type,
+        code=exc.code,
+        param=exc.param,
+        provider=getattr(exc, "provider", None),
+        request_id=request_id,
+    )
+    response = JsonResponse(body, status=exc.status_code)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response["Retry-After"] = str(max(int(retry_after + 0.999), 1))
+    if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
 
 
 def new_request_id() -> str:

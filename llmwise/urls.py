@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/v1/", include("apps.accounts.api_urls")),
     path("api/v1/", include("apps.wallet.api_urls")),
     path("webhooks/", include("apps.wallet.webhook_urls")),
+    path("v1/", include("apps.gateway.openai_urls")),
     path("dashboard/", include("apps.dashboard.urls")),
     path("", include("apps.dashboard.public_urls")),
 ]

@@ -100,3 +100,55 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias} → {self.model_id}"
+
+
+class RequestLog(models.Model):
+    """One row per API request, written in the same transaction that settles its money.
+
+    Under zero retention ``prompt`` and ``completion`` stay empty: metadata only.
+    """
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="request_logs"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="request_logs",
+    )
+    request_id = models.CharField(max_length=128, unique=True)
+    endpoint = models.CharField(max_length=40)
+    requested_model = models.CharField(max_length=MODEL_ID_MAX_LENGTH)
+    model = models.CharField(max_length=MODEL_ID_MAX_LENGTH, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    http_status = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=60, blank=True)
+    error_code = models.CharField(max_length=60, blank=True)
+    finish_reason = models.CharField(max_length=20, blank=True)
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(default=False)
+    cost_micros = models.BigIntegerField(default=0)
+    byok = models.BooleanField(default=False)
+    latency_ms = models.PositiveIntegerField(default=0)
+    upstream_ms = models.PositiveIntegerField(default=0)
+    route = models.JSONField(default=dict, blank=True)
+    prompt = models.JSONField(null=True, blank=True)
+    completion = models.TextField(blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = (models.Index(fields=["organization", "-created_at"]),)
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model or self.requested_model} {self.status}"

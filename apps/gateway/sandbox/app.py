@@ -70,6 +70,8 @@ class SandboxApp:
         self.chunk_delay_ms = chunk_delay_ms
         self.faults = FaultBook()
         self.wires = _wires()
+        # Chat calls received, so tests can prove that a refused request never went upstream.
+        self.chat_calls = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -98,6 +100,7 @@ class SandboxApp:
         if route == "models":
             await _send_reply(send, wire.auth_error(call) or wire.models(call=call))
             return
+        self.chat_calls += 1
         await self._chat(wire, call, receive, send, raw_body=body)
 
     async def _chat(

@@ -1,0 +1,248 @@
+"""The call service: one chat request, from catalog lookup to settled money and a log row.
+
+    resolve model → check the key → reserve (one transaction) → call the provider
+    → settle + log (one transaction)
+
+Every path out of :func:`chat_call` after the reservation — success, provider error, a bug, or a
+cancelled client — settles or releases the hold and writes the request log, so no reservation is
+left for the sweeper except after a crash of the whole process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts.models import ApiKey
+from apps.wallet import services as wallet
+from apps.wallet.models import Reservation
+from llmwise.errors import ApplicationError, NotFound, NotPermitted
+
+from .models import CatalogModel, RequestLog
+from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros
+from .providers.base import ChatMessage, ChatRequest, ChatResult, ProviderError, Usage
+from .providers.registry import platform_key, provider_adapter
+from .selectors import acatalog_resolve
+
+# A hold outlives the longest call we allow; the sweeper frees it if this process dies.
+RESERVATION_TTL = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    """A validated chat request in our own terms, whatever API format it arrived in."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    stream: bool = False
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatOutcome:
+    request_id: str
+    model: CatalogModel
+    result: ChatResult
+    cost_micros: int
+    latency_ms: int
+    upstream_ms: int
+    route: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def overhead_ms(self) -> int:
+        return max(self.latency_ms - self.upstream_ms, 0)
+
+
+def _elapsed_ms(since: float) -> int:
+    return int((time.perf_counter() - since) * 1000)
+
+
+async def resolve_model(*, api_key: ApiKey, model_id: str) -> CatalogModel:
+    """The enabled catalog model for ``model_id`` that this key may use (404 / 403 otherwise)."""
+    model = await acatalog_resolve(model_id=model_id)
+    if model is None:
+        raise NotFound(
+            f"The model {model_id!r} does not exist. GET /v1/models lists the models.",
+            code="model_not_found",
+            param="model",
+        )
+    if api_key.allowed_models and model.id not in api_key.allowed_models:
+        raise NotPermitted(
+            f"This API key may not use {model.id!r}.", code="model_not_allowed", param="model"
+        )
+    return model
+
+
+def _reserve(*, api_key: ApiKey, amount_micros: int, request_id: str) -> Reservation:
+    """Hold the worst case; raises the wallet's InsufficientCredit (402) when short."""
+    return wallet.wallet_reserve(
+        wallet=wallet.wallet_for_org(org=api_key.organization),
+        amount_micros=amount_micros,
+        request_id=request_id,
+        expires_in=RESERVATION_TTL,
+    )
+
+
+def _log(
+    *,
+    api_key: ApiKey,
+    chat: ChatInput,
+    request_id: str,
+    endpoint: str,
+    model: CatalogModel,
+    http_status: int,
+    started: float,
+    upstream_ms: int,
+    result: ChatResult | None = None,
+    cost: int = 0,
+    error: ApplicationError | None = None,
+) -> RequestLog:
+    usage = result.usage if result is not None else Usage(0, 0)
+    keep_text = not api_key.organization.zero_retention
+    return RequestLog.objects.create(
+        organization_id=api_key.organization_id,
+        api_key=api_key,
+        request_id=request_id,
+        endpoint=endpoint,
+        requested_model=chat.model,
+        model=model.id,
+        provider=model.provider,
+        status=RequestLog.Status.OK if error is None else RequestLog.Status.ERROR,
+        http_status=http_status,
+        error_type=error.error_type if error is not None else "",
+        error_code=error.code if error is not None else "",
+        finish_reason=result.finish_reason if result is not None else "",
+        stream=chat.stream,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        usage_estimated=usage.estimated,
+        cost_micros=cost,
+        latency_ms=_elapsed_ms(started),
+        upstream_ms=upstream_ms,
+        route={"requested": chat.model, "chosen": model.id, "reason": "requested"},
+        prompt=[{"role": m.role, "content": m.content} for m in chat.messages]
+        if keep_text
+        else None,
+        completion=result.text if result is not None and keep_text else "",
+        created_at=timezone.now(),
+    )
+
+
+def _settle(*, reservation: Reservation, cost: int, usage: Usage, **log: Any) -> None:
+    """Charge and log in one transaction: the log row exists exactly when the money moved."""
+    with transaction.atomic():
+        wallet.reservation_settle(
+            reservation=reservation,
+            actual_micros=cost,
+            usage={
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "estimated": usage.estimated,
+            },
+        )
+        _log(cost=cost, **log)
+
+
+def _release(*, reservation: Reservation, **log: Any) -> None:
+    with transaction.atomic():
+        wallet.reservation_release(reservation=reservation)
+        _log(**log)
+
+
+async def chat_call(
+    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
+) -> ChatOutcome:
+    """Run one non-streaming chat call, billed to the key's organization."""
+    started = time.perf_counter()
+    model = await resolve_model(api_key=api_key, model_id=chat.model)
+    max_tokens = chat.max_tokens if chat.max_tokens is not None else model.default_max_tokens
+    if max_tokens > model.max_output_tokens:
+        raise ApplicationError(
+            f"max_tokens may be at most {model.max_output_tokens} for {model.id}.",
+            code="max_tokens_too_large",
+            param="max_tokens",
+        )
+    hold = reservation_micros(
+        model=model,
+        prompt_tokens=prompt_tokens_estimate(messages=chat.messages),
+        max_tokens=max_tokens,
+    )
+    reservation = await sync_to_async(_reserve)(
+        api_key=api_key, amount_micros=hold, request_id=request_id
+    )
+    log: dict[str, Any] = {
+        "api_key": api_key,
+        "chat": chat,
+        "request_id": request_id,
+        "endpoint": endpoint,
+        "model": model,
+        "started": started,
+    }
+    upstream_started = time.perf_counter()
+    try:
+        result = await provider_adapter(model.provider).complete(
+            ChatRequest(
+                upstream_model=model.upstream_name,
+                messages=chat.messages,
+                max_tokens=max_tokens,
+                temperature=chat.temperature,
+                top_p=chat.top_p,
+                stop=chat.stop,
+                user=chat.user,
+            ),
+            api_key=platform_key(model.provider),
+        )
+    except ProviderError as exc:
+        await sync_to_async(_release)(
+            reservation=reservation,
+            http_status=exc.status,
+            upstream_ms=_elapsed_ms(upstream_started),
+            error=exc,
+            **log,
+        )
+        raise
+    except BaseException:
+        # Cancelled (client went away) or a bug: nothing usable came back, free the hold.
+        failure = ApplicationError("The call did not complete.", code="call_aborted")
+        await sync_to_async(_release)(
+            reservation=reservation,
+            http_status=499,
+            upstream_ms=_elapsed_ms(upstream_started),
+            error=failure,
+            **log,
+        )
+        raise
+    upstream_ms = _elapsed_ms(upstream_started)
+    cost = cost_micros(model=model, usage=result.usage)
+    await sync_to_async(_settle)(
+        reservation=reservation,
+        cost=cost,
+        usage=result.usage,
+        http_status=200,
+        upstream_ms=upstream_ms,
+        result=result,
+        **log,
+    )
+    return ChatOutcome(
+        request_id=request_id,
+        model=model,
+        result=result,
+        cost_micros=cost,
+        latency_ms=_elapsed_ms(started),
+        upstream_ms=upstream_ms,
+        route={"requested": chat.model, "chosen": model.id, "reason": "requested"},
+    )

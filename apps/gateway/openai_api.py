@@ -1,0 +1,223 @@
+"""OpenAI-compatible endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Async views, so a slow provider call holds no thread. The official OpenAI SDKs work against
+these with ``base_url=<LLMWise>/v1`` and an LLMWise API key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.accounts.models import ApiKey
+from apps.accounts.services import api_key_authenticate
+from llmwise.errors import ApplicationError, Unauthenticated, application_error_response
+
+from . import calls
+from .providers.base import ChatMessage
+from .selectors import catalog_list
+
+ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP_SEQUENCES = 4
+MAX_TEMPERATURE = 2.0
+
+
+class RequestTooLarge(ApplicationError):
+    status_code: int = 413
+    code = "request_too_large"
+
+
+class MethodNotAllowed(ApplicationError):
+    status_code: int = 405
+    code = "method_not_allowed"
+
+
+def _bad(message: str, param: str | None = None) -> ApplicationError:
+    return ApplicationError(message, code="invalid_request", param=param)
+
+
+async def authenticate(request: HttpRequest) -> ApiKey:
+    """The usable API key of ``Authorization: Bearer lw-…`` (or ``x-api-key``), or 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if not header:
+        secret = request.headers.get("x-api-key", "")
+    elif scheme.lower() != "bearer":
+        raise Unauthenticated("Use 'Authorization: Bearer <your LLMWise API key>'.")
+    secret = secret.strip()
+    if not secret:
+        raise Unauthenticated("No API key: send 'Authorization: Bearer <your LLMWise API key>'.")
+    key = await sync_to_async(api_key_authenticate)(secret=secret)
+    if key is None:
+        raise Unauthenticated("Invalid, expired or revoked API key.")
+    return key
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        raw = request.body
+    except RequestDataTooBig as exc:
+        raise RequestTooLarge("The request body is too large.") from exc
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad("The body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise _bad("The body must be a JSON object.")
+    return body
+
+
+def _content_text(content: Any, index: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": "..."}]
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise _bad("Only text content parts are supported.", f"messages.{index}.content")
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad("A text part needs a 'text' string.", f"messages.{index}.content")
+            parts.append(text)
+        return "".join(parts)
+    raise _bad("content must be a string or a list of text parts.", f"messages.{index}.content")
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _bad(f"{name} must be a number from {low} to {high}.", name)
+    return float(value)
+
+
+def parse_openai_chat(body: dict[str, Any]) -> calls.ChatInput:
+    """Validate an OpenAI chat-completions body into a :class:`calls.ChatInput`."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("'model' is required: a model id such as 'gpt-4o-mini'.", "model")
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise _bad("'messages' must be a non-empty list.", "messages")
+    messages = []
+    for index, message in enumerate(raw_messages):
+        if not isinstance(message, dict):
+            raise _bad("Each message must be an object.", f"messages.{index}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _bad(f"role must be one of {', '.join(ROLES)}.", f"messages.{index}.role")
+        messages.append(
+            ChatMessage(role=role, content=_content_text(message.get("content"), index))
+        )
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise _bad("max_tokens must be a positive integer.", "max_tokens")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in stop)
+    ):
+        raise _bad("stop must be a string or up to 4 non-empty strings.", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("stream must be true or false.", "stream")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("user must be a string.", "user")
+    return calls.ChatInput(
+        model=model.strip(),
+        messages=tuple(messages),
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 0, MAX_TEMPERATURE),
+        top_p=_number(body, "top_p", 0, 1),
+        stop=tuple(stop) if stop else None,
+        stream=stream,
+        user=user,
+    )
+
+
+def completion_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
+    usage = outcome.result.usage
+    return {
+        "id": f"chatcmpl-{outcome.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": outcome.model.id,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": outcome.result.text},
+                "finish_reason": outcome.result.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        },
+        "llmwise": {
+            "cost_micros": outcome.cost_micros,
+            "latency_ms": outcome.latency_ms,
+            "route": outcome.route,
+            "usage_estimated": usage.estimated,
+        },
+    }
+
+
+def outcome_headers(outcome: calls.ChatOutcome) -> dict[str, str]:
+    return {
+        "x-llmwise-model": outcome.model.id,
+        "x-llmwise-cost-micros": str(outcome.cost_micros),
+        "x-llmwise-overhead-ms": str(outcome.overhead_ms),
+    }
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    request_id: str = request.request_id  # type: ignore[attr-defined]
+    try:
+        if request.method != "POST":
+            raise MethodNotAllowed("Use POST.")
+        api_key = await authenticate(request)
+        chat = parse_openai_chat(_json_body(request))
+        if chat.stream:
+            raise _bad("Streaming is not available on this endpoint yet.", "stream")
+        outcome = await calls.chat_call(
+            api_key=api_key, chat=chat, request_id=request_id, endpoint="openai.chat"
+        )
+    except ApplicationError as exc:
+        return application_error_response(exc, request_id=request_id)
+    return JsonResponse(completion_body(outcome), headers=outcome_headers(outcome))
+
+
+async def models(request: HttpRequest) -> HttpResponse:
+    request_id: str = request.request_id  # type: ignore[attr-defined]
+    try:
+        if request.method != "GET":
+            raise MethodNotAllowed("Use GET.")
+        api_key = await authenticate(request)
+        listed = await sync_to_async(lambda: list(catalog_list()))()
+    except ApplicationError as exc:
+        return application_error_response(exc, request_id=request_id)
+    allowed = set(api_key.allowed_models)
+    data = [
+        {"id": m.id, "object": "model", "created": 0, "owned_by": m.provider}
+        for m in listed
+        if not allowed or m.id in allowed
+    ]
+    return JsonResponse({"object": "list", "data": data})
