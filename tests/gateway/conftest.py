@@ -121,3 +121,38 @@ def faults(sandbox: SandboxServer) -> Iterator[FaultControl]:
     control.clear()
     yield control
     control.clear()
+
+
+@dataclass
+class LiveGateway:
+    url: str
+
+
+@pytest.fixture(scope="session")
+def live_gateway() -> Iterator[LiveGateway]:
+    """Our whole ASGI app served by uvicorn on a loopback port, in this process (so tests using
+    ``transactional_db`` share its database). Clients talk to it over real HTTP."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from django.core.asgi import get_asgi_application
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(
+        uvicorn.Config(get_asgi_application(), lifespan="off", log_level="warning")
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="live-gateway", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the gateway test server did not start"
+    yield LiveGateway(url=url)
+    server.should_exit = True
+    thread.join(5)
