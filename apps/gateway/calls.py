@@ -10,10 +10,13 @@ left for the sweeper except after a crash of the whole process.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
@@ -25,13 +28,23 @@ from apps.wallet.models import Reservation
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
 from .models import CatalogModel, RequestLog
-from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros
-from .providers.base import ChatMessage, ChatRequest, ChatResult, ProviderError, Usage
+from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros, usage_estimate
+from .providers.base import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    ProviderError,
+    StreamEvent,
+    Usage,
+)
 from .providers.registry import platform_key, provider_adapter
 from .selectors import acatalog_resolve
 
 # A hold outlives the longest call we allow; the sweeper frees it if this process dies.
 RESERVATION_TTL = timedelta(minutes=15)
+# nginx's "client closed request": logged when the caller went away before the call finished.
+CLIENT_CLOSED_STATUS = 499
+CALL_ABORTED = ApplicationError("The call did not complete.", code="call_aborted")
 
 
 @dataclass(frozen=True)
@@ -163,11 +176,19 @@ def _release(*, reservation: Reservation, **log: Any) -> None:
         _log(**log)
 
 
-async def chat_call(
-    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
-) -> ChatOutcome:
-    """Run one non-streaming chat call, billed to the key's organization."""
-    started = time.perf_counter()
+@dataclass
+class _Prepared:
+    """What both call shapes share once the request is accepted and credit is held."""
+
+    model: CatalogModel
+    reservation: Reservation
+    upstream: ChatRequest
+    log: dict[str, Any]
+
+
+async def _prepare(
+    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str, started: float
+) -> _Prepared:
     model = await resolve_model(api_key=api_key, model_id=chat.model)
     max_tokens = chat.max_tokens if chat.max_tokens is not None else model.default_max_tokens
     if max_tokens > model.max_output_tokens:
@@ -184,6 +205,16 @@ async def chat_call(
     reservation = await sync_to_async(_reserve)(
         api_key=api_key, amount_micros=hold, request_id=request_id
     )
+    upstream = ChatRequest(
+        upstream_model=model.upstream_name,
+        messages=chat.messages,
+        max_tokens=max_tokens,
+        temperature=chat.temperature,
+        top_p=chat.top_p,
+        stop=chat.stop,
+        stream=chat.stream,
+        user=chat.user,
+    )
     log: dict[str, Any] = {
         "api_key": api_key,
         "chat": chat,
@@ -192,19 +223,26 @@ async def chat_call(
         "model": model,
         "started": started,
     }
+    return _Prepared(model=model, reservation=reservation, upstream=upstream, log=log)
+
+
+def _route(chat: ChatInput, model: CatalogModel) -> dict[str, Any]:
+    return {"requested": chat.model, "chosen": model.id, "reason": "requested"}
+
+
+async def chat_call(
+    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
+) -> ChatOutcome:
+    """Run one non-streaming chat call, billed to the key's organization."""
+    started = time.perf_counter()
+    prepared = await _prepare(
+        api_key=api_key, chat=chat, request_id=request_id, endpoint=endpoint, started=started
+    )
+    model, reservation, log = prepared.model, prepared.reservation, prepared.log
     upstream_started = time.perf_counter()
     try:
         result = await provider_adapter(model.provider).complete(
-            ChatRequest(
-                upstream_model=model.upstream_name,
-                messages=chat.messages,
-                max_tokens=max_tokens,
-                temperature=chat.temperature,
-                top_p=chat.top_p,
-                stop=chat.stop,
-                user=chat.user,
-            ),
-            api_key=platform_key(model.provider),
+            prepared.upstream, api_key=platform_key(model.provider)
         )
     except ProviderError as exc:
         await sync_to_async(_release)(
@@ -217,13 +255,14 @@ async def chat_call(
         raise
     except BaseException:
         # Cancelled (client went away) or a bug: nothing usable came back, free the hold.
-        failure = ApplicationError("The call did not complete.", code="call_aborted")
-        await sync_to_async(_release)(
-            reservation=reservation,
-            http_status=499,
-            upstream_ms=_elapsed_ms(upstream_started),
-            error=failure,
-            **log,
+        await asyncio.shield(
+            sync_to_async(_release)(
+                reservation=reservation,
+                http_status=CLIENT_CLOSED_STATUS,
+                upstream_ms=_elapsed_ms(upstream_started),
+                error=CALL_ABORTED,
+                **log,
+            )
         )
         raise
     upstream_ms = _elapsed_ms(upstream_started)
@@ -244,5 +283,102 @@ async def chat_call(
         cost_micros=cost,
         latency_ms=_elapsed_ms(started),
         upstream_ms=upstream_ms,
-        route={"requested": chat.model, "chosen": model.id, "reason": "requested"},
+        route=_route(chat, model),
     )
+
+
+@dataclass
+class ChatStream:
+    """An accepted streaming call: ``model`` is known and credit is held; iterate ``events``.
+
+    However the iteration ends — the final event, an upstream error, or the client going away
+    (the generator is closed or cancelled) — the call is settled for the text that was streamed
+    (provider-reported usage when there is one, an estimate marked as such otherwise) and logged.
+    """
+
+    request_id: str
+    model: CatalogModel
+    events: AsyncIterator[StreamEvent]
+    route: dict[str, Any]
+    outcome: dict[str, Any] = field(default_factory=dict)  # cost_micros, usage once settled
+
+
+async def chat_stream(
+    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
+) -> ChatStream:
+    """Accept a streaming call (errors before the stream raise here, as for :func:`chat_call`)."""
+    started = time.perf_counter()
+    prepared = await _prepare(
+        api_key=api_key, chat=chat, request_id=request_id, endpoint=endpoint, started=started
+    )
+    outcome: dict[str, Any] = {}
+    return ChatStream(
+        request_id=request_id,
+        model=prepared.model,
+        events=_stream_events(prepared, chat, outcome),
+        route=_route(chat, prepared.model),
+        outcome=outcome,
+    )
+
+
+async def _stream_events(
+    prepared: _Prepared, chat: ChatInput, outcome: dict[str, Any]
+) -> AsyncIterator[StreamEvent]:
+    model, reservation, log = prepared.model, prepared.reservation, prepared.log
+    texts: list[str] = []
+    finish_reason = ""
+    usage: Usage | None = None
+    error: ApplicationError | None = None
+    upstream_started = time.perf_counter()
+    try:
+        upstream = cast(
+            AsyncGenerator[StreamEvent, None],
+            provider_adapter(model.provider).stream(
+                prepared.upstream, api_key=platform_key(model.provider)
+            ),
+        )
+        async with aclosing(upstream) as events:
+            async for event in events:
+                if event.text:
+                    texts.append(event.text)
+                if event.finish_reason is not None:
+                    finish_reason = event.finish_reason
+                    usage = event.usage
+                yield event
+    except ProviderError as exc:
+        error = exc
+        raise
+    except BaseException:
+        error = CALL_ABORTED
+        raise
+    finally:
+        streamed = "".join(texts)
+        if usage is None and (streamed or error is None):
+            usage = usage_estimate(messages=chat.messages, completion_text=streamed)
+        settle: dict[str, Any] = {
+            "reservation": reservation,
+            "upstream_ms": _elapsed_ms(upstream_started),
+            "error": error,
+            **log,
+        }
+        if error is None:
+            settle["http_status"] = 200
+        elif error is CALL_ABORTED:
+            settle["http_status"] = CLIENT_CLOSED_STATUS
+        else:
+            settle["http_status"] = error.status_code
+        if usage is None:  # failed before any text: the call never happened for the customer
+            await asyncio.shield(sync_to_async(_release)(**settle))
+        else:
+            cost = cost_micros(model=model, usage=usage)
+            result = ChatResult(
+                text=streamed,
+                finish_reason=finish_reason or ("error" if error is not None else "stop"),
+                usage=usage,
+                provider_request_id=None,
+                upstream_model=model.upstream_name,
+            )
+            await asyncio.shield(
+                sync_to_async(_settle)(cost=cost, usage=usage, result=result, **settle)
+            )
+            outcome.update(cost_micros=cost, usage=usage)

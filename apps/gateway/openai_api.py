@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_authenticate
-from llmwise.errors import ApplicationError, Unauthenticated, application_error_response
+from llmwise.errors import (
+    ApplicationError,
+    Unauthenticated,
+    application_error_response,
+    error_body,
+)
 
 from . import calls
-from .providers.base import ChatMessage
+from .providers.base import ChatMessage, StreamEvent, Usage
 from .selectors import catalog_list
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -148,6 +155,87 @@ def parse_openai_chat(body: dict[str, Any]) -> calls.ChatInput:
     )
 
 
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise _bad(
+            "stream_options must be an object like {'include_usage': true}.", "stream_options"
+        )
+    return bool(options.get("include_usage", False))
+
+
+def _usage_body(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def _sse_data(payload: dict[str, Any] | str) -> bytes:
+    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+async def _sse(
+    stream: calls.ChatStream, first: StreamEvent | None, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """OpenAI's chunk vocabulary: a role chunk, content deltas, a finish chunk, an optional usage
+    chunk (``choices: []``), then ``[DONE]``. An upstream failure mid-stream ends the stream with
+    one ``data: {"error": …}`` event in our envelope (the SDKs raise it)."""
+    base = {
+        "id": f"chatcmpl-{stream.request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": stream.model.id,
+    }
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return _sse_data({**base, "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        event = first
+        while event is not None:
+            if event.text:
+                yield chunk({"content": event.text})
+            if event.finish_reason is not None:
+                yield chunk({}, event.finish_reason)
+            event = await anext(stream.events, None)
+    except ApplicationError as exc:
+        yield _sse_data(
+            error_body(
+                message=exc.message,
+                error_type=exc.error_type,
+                code=exc.code,
+                param=exc.param,
+                provider=getattr(exc, "provider", None),
+                request_id=stream.request_id,
+            )
+        )
+        return
+    usage = stream.outcome.get("usage")
+    if include_usage and usage is not None:
+        yield _sse_data(
+            {
+                **base,
+                "choices": [],
+                "usage": _usage_body(usage),
+                "llmwise": {
+                    "cost_micros": stream.outcome.get("cost_micros", 0),
+                    "route": stream.route,
+                    "usage_estimated": usage.estimated,
+                },
+            }
+        )
+    yield _sse_data("[DONE]")
+
+
 def completion_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
     usage = outcome.result.usage
     return {
@@ -163,13 +251,7 @@ def completion_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-        },
+        "usage": _usage_body(usage),
         "llmwise": {
             "cost_micros": outcome.cost_micros,
             "latency_ms": outcome.latency_ms,
@@ -188,15 +270,27 @@ def outcome_headers(outcome: calls.ChatOutcome) -> dict[str, str]:
 
 
 @csrf_exempt
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     request_id: str = request.request_id  # type: ignore[attr-defined]
     try:
         if request.method != "POST":
             raise MethodNotAllowed("Use POST.")
         api_key = await authenticate(request)
-        chat = parse_openai_chat(_json_body(request))
+        body = _json_body(request)
+        chat = parse_openai_chat(body)
         if chat.stream:
-            raise _bad("Streaming is not available on this endpoint yet.", "stream")
+            include_usage = _include_usage(body)
+            stream = await calls.chat_stream(
+                api_key=api_key, chat=chat, request_id=request_id, endpoint="openai.chat"
+            )
+            # Pull the first event before answering: a failure before any text still gets a
+            # proper status and the JSON envelope instead of a broken 200 stream.
+            first = await anext(stream.events, None)
+            return StreamingHttpResponse(
+                _sse(stream, first, include_usage=include_usage),
+                content_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "x-llmwise-model": stream.model.id},
+            )
         outcome = await calls.chat_call(
             api_key=api_key, chat=chat, request_id=request_id, endpoint="openai.chat"
         )
