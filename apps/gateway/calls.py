@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey
@@ -174,6 +174,15 @@ def _release(*, reservation: Reservation, **log: Any) -> None:
     with transaction.atomic():
         wallet.reservation_release(reservation=reservation)
         _log(**log)
+
+
+def _after_response(write: Any, **kwargs: Any) -> None:
+    """Run a settle/release that happens after the response ended (a finished or abandoned
+    stream), then close the thread's connection: no request cycle will close it for us."""
+    try:
+        write(**kwargs)
+    finally:
+        close_old_connections()
 
 
 @dataclass
@@ -368,7 +377,7 @@ async def _stream_events(
         else:
             settle["http_status"] = error.status_code
         if usage is None:  # failed before any text: the call never happened for the customer
-            await asyncio.shield(sync_to_async(_release)(**settle))
+            await asyncio.shield(sync_to_async(_after_response)(_release, **settle))
         else:
             cost = cost_micros(model=model, usage=usage)
             result = ChatResult(
@@ -379,6 +388,8 @@ async def _stream_events(
                 upstream_model=model.upstream_name,
             )
             await asyncio.shield(
-                sync_to_async(_settle)(cost=cost, usage=usage, result=result, **settle)
+                sync_to_async(_after_response)(
+                    _settle, cost=cost, usage=usage, result=result, **settle
+                )
             )
             outcome.update(cost_micros=cost, usage=usage)

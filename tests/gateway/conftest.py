@@ -156,3 +156,9 @@ def live_gateway() -> Iterator[LiveGateway]:
     yield LiveGateway(url=url)
     server.should_exit = True
     thread.join(5)
+    # Views of the served app ran their ORM calls on asgiref's shared sync thread; close that
+    # thread's connection, or PostgreSQL refuses to drop the test database.
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
