@@ -27,6 +27,8 @@ from apps.wallet import services as wallet
 from apps.wallet.models import Reservation
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
+from .credentials import Credential, credential_for
+from .limits import limits_admit, limits_record
 from .models import CatalogModel, RequestLog
 from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros, usage_estimate
 from .providers.base import (
@@ -37,7 +39,7 @@ from .providers.base import (
     StreamEvent,
     Usage,
 )
-from .providers.registry import platform_key, provider_adapter
+from .providers.registry import provider_adapter
 from .selectors import acatalog_resolve
 
 # A hold outlives the longest call we allow; the sweeper frees it if this process dies.
@@ -119,6 +121,7 @@ def _log(
     result: ChatResult | None = None,
     cost: int = 0,
     error: ApplicationError | None = None,
+    byok: bool = False,
 ) -> RequestLog:
     usage = result.usage if result is not None else Usage(0, 0)
     keep_text = not api_key.organization.zero_retention
@@ -142,6 +145,7 @@ def _log(
         reasoning_tokens=usage.reasoning_tokens,
         usage_estimated=usage.estimated,
         cost_micros=cost,
+        byok=byok,
         latency_ms=_elapsed_ms(started),
         upstream_ms=upstream_ms,
         route={"requested": chat.model, "chosen": model.id, "reason": "requested"},
@@ -153,9 +157,15 @@ def _log(
     )
 
 
-def _settle(*, reservation: Reservation, cost: int, usage: Usage, **log: Any) -> None:
-    """Charge and log in one transaction: the log row exists exactly when the money moved."""
+def _settle(*, reservation: Reservation | None, cost: int, usage: Usage, **log: Any) -> None:
+    """Charge and log in one transaction: the log row exists exactly when the money moved.
+
+    ``reservation`` is None for a BYOK call: nothing is charged, the cost is logged as would-be.
+    """
     with transaction.atomic():
+        if reservation is None:
+            _log(cost=cost, **log)
+            return
         wallet.reservation_settle(
             reservation=reservation,
             actual_micros=cost,
@@ -170,9 +180,10 @@ def _settle(*, reservation: Reservation, cost: int, usage: Usage, **log: Any) ->
         _log(cost=cost, **log)
 
 
-def _release(*, reservation: Reservation, **log: Any) -> None:
+def _release(*, reservation: Reservation | None, **log: Any) -> None:
     with transaction.atomic():
-        wallet.reservation_release(reservation=reservation)
+        if reservation is not None:
+            wallet.reservation_release(reservation=reservation)
         _log(**log)
 
 
@@ -190,7 +201,8 @@ class _Prepared:
     """What both call shapes share once the request is accepted and credit is held."""
 
     model: CatalogModel
-    reservation: Reservation
+    reservation: Reservation | None  # None: BYOK, nothing held
+    credential: Credential
     upstream: ChatRequest
     log: dict[str, Any]
 
@@ -206,14 +218,15 @@ async def _prepare(
             code="max_tokens_too_large",
             param="max_tokens",
         )
-    hold = reservation_micros(
-        model=model,
-        prompt_tokens=prompt_tokens_estimate(messages=chat.messages),
-        max_tokens=max_tokens,
-    )
-    reservation = await sync_to_async(_reserve)(
-        api_key=api_key, amount_micros=hold, request_id=request_id
-    )
+    prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
+    await limits_admit(api_key=api_key, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    credential = await credential_for(org=api_key.organization, provider=model.provider)
+    reservation = None
+    if not credential.byok:
+        hold = reservation_micros(model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        reservation = await sync_to_async(_reserve)(
+            api_key=api_key, amount_micros=hold, request_id=request_id
+        )
     upstream = ChatRequest(
         upstream_model=model.upstream_name,
         messages=chat.messages,
@@ -231,8 +244,11 @@ async def _prepare(
         "endpoint": endpoint,
         "model": model,
         "started": started,
+        "byok": credential.byok,
     }
-    return _Prepared(model=model, reservation=reservation, upstream=upstream, log=log)
+    return _Prepared(
+        model=model, reservation=reservation, credential=credential, upstream=upstream, log=log
+    )
 
 
 def _route(chat: ChatInput, model: CatalogModel) -> dict[str, Any]:
@@ -251,9 +267,11 @@ async def chat_call(
     upstream_started = time.perf_counter()
     try:
         result = await provider_adapter(model.provider).complete(
-            prepared.upstream, api_key=platform_key(model.provider)
+            prepared.upstream, api_key=prepared.credential.secret
         )
     except ProviderError as exc:
+        if prepared.credential.byok:
+            exc = exc.as_byok()
         await sync_to_async(_release)(
             reservation=reservation,
             http_status=exc.status,
@@ -285,6 +303,7 @@ async def chat_call(
         result=result,
         **log,
     )
+    await limits_record(api_key=api_key, usage=result.usage, cost_micros=cost)
     return ChatOutcome(
         request_id=request_id,
         model=model,
@@ -343,7 +362,7 @@ async def _stream_events(
         upstream = cast(
             AsyncGenerator[StreamEvent, None],
             provider_adapter(model.provider).stream(
-                prepared.upstream, api_key=platform_key(model.provider)
+                prepared.upstream, api_key=prepared.credential.secret
             ),
         )
         async with aclosing(upstream) as events:
@@ -355,7 +374,9 @@ async def _stream_events(
                     usage = event.usage
                 yield event
     except ProviderError as exc:
-        error = exc
+        error = exc.as_byok() if prepared.credential.byok else exc
+        if error is not exc:
+            raise error from exc
         raise
     except BaseException:
         error = CALL_ABORTED
@@ -393,3 +414,4 @@ async def _stream_events(
                 )
             )
             outcome.update(cost_micros=cost, usage=usage)
+            await limits_record(api_key=log["api_key"], usage=usage, cost_micros=cost)
