@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/schema", SpectacularAPIView.as_view(permission_classes=[]), name="api_schema"),
     path("api/v1/", include("apps.accounts.api_urls")),
     path("api/v1/", include("apps.wallet.api_urls")),
+    path("api/v1/", include("apps.gateway.api_urls")),
     path("webhooks/", include("apps.wallet.webhook_urls")),
     path("v1/", include("apps.gateway.openai_urls")),
     path("dashboard/", include("apps.dashboard.urls")),

@@ -339,3 +339,9 @@ PROVIDER_TIMEOUTS: dict[str, float] = {
 }
 PROVIDER_HTTP_MAX_CONNECTIONS: int = env.int("PROVIDER_HTTP_MAX_CONNECTIONS", default=1000)
 PROVIDER_HTTP_MAX_KEEPALIVE: int = env.int("PROVIDER_HTTP_MAX_KEEPALIVE", default=100)
+
+# --- gateway limits ---------------------------------------------------------------------------
+
+# --- BYOK encryption --------------------------------------------------------------------------
+
+# --- API reference ----------------------------------------------------------------------------
