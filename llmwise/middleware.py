@@ -1,25 +1,95 @@
-"""Request id: every response carries ``x-request-id`` (the client's, if it sent a sane one)."""
+"""Project middleware. Every class here works in both sync and async stacks, so an async view
+(the gateway's hot path) never pays a thread hop for middleware that does no I/O."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from llmwise.errors import new_request_id
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
+GetResponse = Callable[[HttpRequest], Any]
 
-class RequestIdMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+
+class DualModeMiddleware:
+    """Base for middleware that is cheap and I/O-free before and after the view.
+
+    Subclasses implement :meth:`before` (may return a response to short-circuit) and
+    :meth:`after`; this class runs them in whichever mode Django calls it in.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        client_id = request.headers.get("x-request-id", "")
-        request_id = client_id if _CLIENT_ID.match(client_id) else new_request_id()
-        request.request_id = request_id  # type: ignore[attr-defined]
-        response = self.get_response(request)
-        response["x-request-id"] = request_id
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        response = self.before(request) or self.get_response(request)
+        return self.after(request, response)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        response = self.before(request) or await self.get_response(request)
+        return self.after(request, response)
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         return response
+
+
+class RequestIdMiddleware(DualModeMiddleware):
+    """Every response carries ``x-request-id`` (the client's, if it sent a sane one)."""
+
+    def before(self, request: HttpRequest) -> None:
+        client_id = request.headers.get("x-request-id", "")
+        request.request_id = (  # type: ignore[attr-defined]
+            client_id if _CLIENT_ID.match(client_id) else new_request_id()
+        )
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        response["x-request-id"] = request.request_id  # type: ignore[attr-defined]
+        return response
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise, usable in an async stack: a request that is not for a static file passes
+    straight through on the event loop; serving a file (disk I/O) runs in a worker thread."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse, **kwargs: Any) -> None:
+        super().__init__(get_response, **kwargs)
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        return super().__call__(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        path = request.path_info
+        if self.autorefresh:
+            if not path.startswith(self.static_prefix):
+                response: Awaitable[HttpResponse] = self.get_response(request)
+                return await response
+            static_file = await sync_to_async(self.find_file)(path)
+        else:
+            static_file = self.files.get(path)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)

@@ -128,3 +128,33 @@ def test_real_celery_worker_consumes_from_redis() -> None:
             assert _wait_for(lambda: cache.get(HEARTBEAT_CACHE_KEY) == stamp, timeout=20)
     finally:
         celery_app.conf.task_always_eager = True
+
+
+def test_every_middleware_runs_natively_in_async_stacks() -> None:
+    """A sync-only middleware would cost every async gateway request a thread hop."""
+    from django.utils.module_loading import import_string
+
+    sync_only = [
+        path
+        for path in settings.MIDDLEWARE
+        if not getattr(import_string(path), "async_capable", False)
+    ]
+    assert sync_only == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_static_files_and_request_ids_through_the_async_stack() -> None:
+    from django.test import AsyncClient
+
+    async def run() -> tuple[int, bytes, str, int]:
+        client = AsyncClient()
+        static = await client.get("/static/css/app.css")
+        body = b"".join(static.streaming_content)  # type: ignore[arg-type]
+        missing = await client.get("/static/does-not-exist.css")
+        return static.status_code, body, static["x-request-id"], missing.status_code
+
+    status, body, request_id, missing = asyncio.run(run())
+    assert status == 200
+    assert b".brand" in body
+    assert request_id.startswith("req_")
+    assert missing == 404

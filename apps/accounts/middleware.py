@@ -7,10 +7,10 @@ don't use them cost no query.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
+
+from llmwise.middleware import DualModeMiddleware
 
 from . import selectors
 from .models import Membership, Organization, User
@@ -30,17 +30,13 @@ def current_membership(request: HttpRequest) -> Membership | None:
     return membership
 
 
-class CurrentOrganizationMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+class CurrentOrganizationMiddleware(DualModeMiddleware):
+    def before(self, request: HttpRequest) -> None:
         membership = SimpleLazyObject(lambda: current_membership(request))
         request.membership = membership  # type: ignore[attr-defined]
         request.org = SimpleLazyObject(  # type: ignore[attr-defined]
             lambda: membership.organization if membership else None
         )
-        return self.get_response(request)
 
 
 class AuthedRequest(HttpRequest):

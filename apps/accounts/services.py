@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -494,6 +495,8 @@ def api_key_revoke(*, org: Organization, actor: User | None, key_id: int) -> Api
         key.revoked_at = timezone.now()
         key.revoked_by = actor
         key.save(update_fields=["revoked_at", "revoked_by"])
+        # Evict now, not on commit: a rolled-back revoke only costs one extra lookup.
+        api_key_cache_evict(key=key)
         audit_record(
             org=org,
             actor=actor,
@@ -504,6 +507,15 @@ def api_key_revoke(*, org: Organization, actor: User | None, key_id: int) -> Api
     return key
 
 
+# Authenticated keys are remembered in-process for at most this long: a busy key costs no query
+# per request, and a revocation in another process takes effect within this time (in this
+# process, at once: api_key_revoke evicts).
+API_KEY_CACHE_SECONDS = 1.0
+API_KEY_CACHE_MAX_ENTRIES = 10_000
+_key_cache: dict[str, tuple[float, ApiKey]] = {}  # sha256(secret) → (expires, key)
+_last_marked: dict[int, float] = {}  # key id → monotonic time of our last last_used write
+
+
 def api_key_authenticate(*, secret: str) -> ApiKey | None:
     """The usable key for ``secret``, or None. Constant-time on the hash comparison.
 
@@ -512,22 +524,48 @@ def api_key_authenticate(*, secret: str) -> ApiKey | None:
     """
     if not secret.startswith(API_KEY_PREFIX) or len(secret) < API_KEY_LOOKUP_CHARS + 8:
         return None
-    key = (
-        ApiKey.objects.select_related("organization")
-        .filter(prefix=secret[:API_KEY_LOOKUP_CHARS])
-        .first()
-    )
-    if key is None or not hmac.compare_digest(key.secret_hash, _sha256(secret)):
-        return None
-    if not key.is_usable:
+    digest = _sha256(secret)
+    now = time.monotonic()
+    cached = _key_cache.get(digest)
+    if cached is not None and cached[0] > now:
+        key = cached[1]
+    else:
+        found = (
+            ApiKey.objects.select_related("organization")
+            .filter(prefix=secret[:API_KEY_LOOKUP_CHARS])
+            .first()
+        )
+        if found is None or not hmac.compare_digest(found.secret_hash, digest):
+            return None
+        key = found
+        if len(_key_cache) >= API_KEY_CACHE_MAX_ENTRIES:
+            _key_cache.clear()
+        _key_cache[digest] = (now + API_KEY_CACHE_SECONDS, key)
+    if not key.is_usable:  # expiry is re-checked on every call, cached or not
         return None
     api_key_mark_used(key=key)
     return key
 
 
+def api_key_cache_evict(*, key: ApiKey) -> None:
+    _key_cache.pop(key.secret_hash, None)
+
+
+def api_key_caches_clear() -> None:
+    """Forget every remembered key and last-used mark (tests; operators after bulk changes)."""
+    _key_cache.clear()
+    _last_marked.clear()
+
+
 def api_key_mark_used(*, key: ApiKey) -> None:
     interval = settings.API_KEY_LAST_USED_INTERVAL
+    now = time.monotonic()
+    # The local check spares a cache round trip per request; the shared cache.add keeps the
+    # write to one per interval across all processes.
+    if now - _last_marked.get(key.pk, float("-inf")) < interval:
+        return
+    _last_marked[key.pk] = now
     if cache.add(f"api_key:used:{key.pk}", 1, timeout=interval):
-        now = timezone.now()
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
+        stamp = timezone.now()
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=stamp)
+        key.last_used_at = stamp

@@ -98,6 +98,7 @@ def test_last_used_is_written_at_most_once_per_interval(
         services.api_key_authenticate(secret=issued.secret)
         first = ApiKey.objects.get(pk=issued.api_key.pk).last_used_at
         assert first is not None
+        services.api_key_caches_clear()  # as if another process: lookup, shared cache says no
         with django_assert_num_queries(1):  # the lookup only, no UPDATE
             services.api_key_authenticate(secret=issued.secret)
         assert ApiKey.objects.get(pk=issued.api_key.pk).last_used_at == first
@@ -139,3 +140,17 @@ def test_invalid_key_input_creates_nothing(personas: Personas, kwargs: dict) -> 
         services.api_key_create(org=personas.org, created_by=personas.owner, **kwargs)
     assert not ApiKey.objects.exists()
     assert not AuditEvent.objects.filter(action="api_key.create").exists()
+
+
+def test_authenticated_keys_are_remembered_briefly(
+    personas: Personas, django_assert_num_queries
+) -> None:
+    issued = services.api_key_create(org=personas.org, name="k", created_by=personas.owner)
+    assert services.api_key_authenticate(secret=issued.secret) is not None
+    with django_assert_num_queries(0):  # no lookup, no last-used write
+        assert services.api_key_authenticate(secret=issued.secret) is not None
+    # Expiry is checked on every call, cached or not.
+    ApiKey.objects.filter(pk=issued.api_key.pk).update(expires_at=timezone.now())
+    cached = services._key_cache[issued.api_key.secret_hash][1]
+    cached.expires_at = timezone.now()
+    assert services.api_key_authenticate(secret=issued.secret) is None
