@@ -246,6 +246,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 API_KEY_LAST_USED_INTERVAL = 60  # seconds between last-used writes for one key
+# Largest request body accepted (a longer one is answered 413 before anything else happens).
+DATA_UPLOAD_MAX_MEMORY_SIZE: int = env.int("MAX_REQUEST_BODY_BYTES", default=4 * 1024 * 1024)
 
 # --- i18n, static -----------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -247,3 +247,36 @@ def test_models_lists_the_catalog_for_the_key(personas: Personas) -> None:
     )
     assert [m["id"] for m in limited.json()["data"]] == ["gpt-4.1"]
     assert client.get("/v1/models").status_code == 401
+
+
+def test_upstream_garbage_is_a_502_and_nothing_is_charged(personas: Personas) -> None:
+    wallet = _fund(personas, 1_000_000)
+    response = _post(_key(personas), _chat("hi [[sandbox:invalid_json]]"))
+    assert response.status_code == 502
+    assert response.json()["error"]["provider"] == "openai"
+    wallet.refresh_from_db()
+    assert (wallet.balance_micros, wallet.reserved_micros) == (1_000_000, 0)
+    assert Reservation.objects.get().status == Reservation.Status.RELEASED
+    _audit_ok()
+
+
+def test_unsupported_parameter_for_the_provider_is_refused_before_sending(
+    personas: Personas, sandbox: SandboxServer
+) -> None:
+    wallet = _fund(personas, 1_000_000)
+    before = sandbox.app.chat_calls
+    response = _post(_key(personas), {**_chat(), "model": "claude-haiku-4.5", "temperature": 1.5})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "temperature"
+    assert sandbox.app.chat_calls == before
+    wallet.refresh_from_db()
+    assert (wallet.balance_micros, wallet.reserved_micros) == (1_000_000, 0)
+
+
+def test_oversized_body_is_413(personas: Personas, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_000
+    _fund(personas, 1_000_000)
+    response = _post(_key(personas), _chat("x" * 5_000))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert not Reservation.objects.exists()
