@@ -51,16 +51,18 @@ class DualModeMiddleware:
 
 
 class RequestIdMiddleware(DualModeMiddleware):
-    """Every response carries ``x-request-id`` (the client's, if it sent a sane one)."""
+    """Every response carries our ``x-request-id``, always generated here: it keys billing and
+    the request log, so a client must not be able to choose (or collide with) one. A client's own
+    id, when sane, is echoed back as ``x-client-request-id`` for its correlation."""
 
     def before(self, request: HttpRequest) -> None:
-        client_id = request.headers.get("x-request-id", "")
-        request.request_id = (  # type: ignore[attr-defined]
-            client_id if _CLIENT_ID.match(client_id) else new_request_id()
-        )
+        request.request_id = new_request_id()  # type: ignore[attr-defined]
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         response["x-request-id"] = request.request_id  # type: ignore[attr-defined]
+        client_id = request.headers.get("x-request-id", "")
+        if _CLIENT_ID.match(client_id):
+            response["x-client-request-id"] = client_id
         return response
 
 

@@ -7,7 +7,6 @@ app_name = "dashboard"
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("playground/", views.coming_soon("playground"), name="playground"),
-    path("usage/", views.coming_soon("usage"), name="usage"),
     path("usage/", include("apps.gateway.log_urls")),
     path("settings/providers/", include("apps.gateway.byok_urls")),
     path("billing/", include("apps.wallet.urls")),

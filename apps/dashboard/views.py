@@ -25,7 +25,6 @@ from .forms import ApiKeyCreateForm, InvitationForm, OrganizationForm, Organizat
 
 COMING_SOON = {
     "playground": ("Playground", "Chat, Compare, Blend, Judge and Failover, streaming live."),
-    "usage": ("Usage & logs", "Every request with its model, tokens, cost and latency."),
     "billing": ("Billing", "Your balance, credit purchases and invoices."),
     "routing": ("Routing", "Routing policies, failover chains and provider health."),
     "recommendations": ("Recommendations", "What to change to spend less, mined from traffic."),

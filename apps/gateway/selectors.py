@@ -1,14 +1,22 @@
-"""Reads of the model catalog.
+"""Reads of the model catalog and of the request log.
 
 The catalog is global (not tenant-owned): every organization sees the same models; what a key may
-use is a policy applied on top by the caller.
+use is a policy applied on top by the caller. The request log is tenant-owned: its readers take
+the organization first, and another organization's request is simply not found.
 """
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+import re
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime, time, timedelta
 
-from .models import CatalogModel, ModelAlias
+from django.db.models import Q, QuerySet
+
+from apps.accounts.models import Organization
+from llmwise.errors import NotFound
+
+from .models import CatalogModel, ModelAlias, RequestLog
 
 
 def catalog_resolve(*, model_id: str) -> CatalogModel | None:
@@ -46,3 +54,122 @@ def catalog_list(*, include_disabled: bool = False) -> QuerySet[CatalogModel]:
     if not include_disabled:
         models = models.filter(enabled=True)
     return models.order_by("provider", "id")
+
+
+# --- request log ------------------------------------------------------------------------------
+# Keyset pagination over (created_at, id), newest first: pages stay stable while new rows arrive
+# (the dashboard polls for them) and no page costs a COUNT over a large log.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+_CURSOR = re.compile(r"^(\d{1,18})_(\d{1,18})$")
+
+
+@dataclass(frozen=True)
+class RequestLogFilters:
+    """What a reader may narrow the log by; ``None`` means "any".
+
+    Dates are inclusive UTC calendar days; the key is named by its (unique, non-secret) prefix,
+    which both the dashboard and API clients know.
+    """
+
+    model: str | None = None
+    api_key_prefix: str | None = None
+    status: str | None = None
+    byok: bool | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+@dataclass(frozen=True)
+class RequestLogCursor:
+    """Where a page ends: the (created_at, id) of its last row, as an opaque string."""
+
+    created_at: datetime
+    pk: int
+
+    def encode(self) -> str:
+        return f"{(self.created_at - _EPOCH) // _ONE_MICROSECOND}_{self.pk}"
+
+    @classmethod
+    def decode(cls, token: str) -> RequestLogCursor | None:
+        """The cursor in ``token``, or ``None`` when it is not one we could have issued."""
+        match = _CURSOR.match(token)
+        if match is None:
+            return None
+        try:
+            created_at = _EPOCH + timedelta(microseconds=int(match[1]))
+        except OverflowError:
+            return None
+        return cls(created_at=created_at, pk=int(match[2]))
+
+
+@dataclass(frozen=True)
+class RequestLogPage:
+    rows: list[RequestLog]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
+
+
+def request_logs_of(
+    *, org: Organization, filters: RequestLogFilters | None = None
+) -> QuerySet[RequestLog]:
+    """The organization's request log, newest first, narrowed by ``filters``."""
+    filters = filters or RequestLogFilters()
+    logs = RequestLog.objects.filter(organization=org).select_related("api_key")
+    if filters.model:
+        logs = logs.filter(model=filters.model)
+    if filters.api_key_prefix:
+        logs = logs.filter(api_key__prefix=filters.api_key_prefix)
+    if filters.status:
+        logs = logs.filter(status=filters.status)
+    if filters.byok is not None:
+        logs = logs.filter(byok=filters.byok)
+    if filters.date_from is not None:
+        start = datetime.combine(filters.date_from, time.min, tzinfo=UTC)
+        logs = logs.filter(created_at__gte=start)
+    if filters.date_to is not None:
+        end = datetime.combine(filters.date_to, time.min, tzinfo=UTC) + timedelta(days=1)
+        logs = logs.filter(created_at__lt=end)
+    return logs.order_by("-created_at", "-id")
+
+
+def request_log_page(
+    *,
+    org: Organization,
+    filters: RequestLogFilters | None = None,
+    limit: int,
+    cursor: RequestLogCursor | None = None,
+) -> RequestLogPage:
+    """Up to ``limit`` rows older than ``cursor`` (from the newest without one)."""
+    logs = request_logs_of(org=org, filters=filters)
+    if cursor is not None:
+        logs = logs.filter(
+            Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.pk)
+        )
+    rows = list(logs[: limit + 1])
+    if len(rows) <= limit:
+        return RequestLogPage(rows=rows, next_cursor=None)
+    rows = rows[:limit]
+    last = rows[-1]
+    return RequestLogPage(
+        rows=rows, next_cursor=RequestLogCursor(created_at=last.created_at, pk=last.pk).encode()
+    )
+
+
+def request_log_of(*, org: Organization, request_id: str) -> RequestLog:
+    """One of ``org``'s logged requests; another tenant's is simply not found."""
+    log = (
+        RequestLog.objects.filter(organization=org, request_id=request_id)
+        .select_related("api_key")
+        .first()
+    )
+    if log is None:
+        raise NotFound(f"No request {request_id!r} in this organization.", code="request_not_found")
+    return log

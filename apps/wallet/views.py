@@ -7,14 +7,13 @@ simply not found (404).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from typing import cast
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -22,6 +21,7 @@ from django.views.decorators.http import require_POST
 from apps.accounts.decorators import org_page
 from apps.accounts.middleware import OrgRequest
 from apps.accounts.models import Role
+from llmwise.csv_export import csv_safe, csv_streaming_response
 
 from . import selectors, services
 from .forms import CreditPurchaseForm, LedgerFilterForm, LowBalanceAlertForm
@@ -29,7 +29,6 @@ from .models import CreditPurchase, LedgerEntry, format_usd
 
 LEDGER_PAGE_SIZE = 50
 PURCHASES_SHOWN = 50
-CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _checkout_urls(request: OrgRequest) -> services.CheckoutUrls:
@@ -142,16 +141,6 @@ def low_balance_alert(request: OrgRequest) -> HttpResponse:
     return redirect("dashboard:billing")
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def _safe(text: str) -> str:
-    # A note starting with "=" must not become a formula in someone's spreadsheet.
-    return "'" + text if text.startswith(CSV_FORMULA_PREFIXES) else text
-
-
 def _csv_rows(entries: Iterator[LedgerEntry]) -> Iterator[list[str]]:
     yield [
         "created_at",
@@ -170,9 +159,9 @@ def _csv_rows(entries: Iterator[LedgerEntry]) -> Iterator[list[str]]:
             entry.amount_usd,
             str(entry.amount_micros),
             format_usd(entry.balance_after_micros),
-            _safe(entry.request_id),
+            csv_safe(entry.request_id),
             entry.purchase.public_id if entry.purchase else "",
-            _safe(entry.note),
+            csv_safe(entry.note),
         ]
 
 
@@ -180,11 +169,8 @@ def _csv_rows(entries: Iterator[LedgerEntry]) -> Iterator[list[str]]:
 def ledger_csv(request: OrgRequest) -> HttpResponse:
     filters = LedgerFilterForm(request.GET or None)
     entries = selectors.ledger_entries_of(org=request.org, **filters.filters())
-    writer = csv.writer(_Echo())
-    response = StreamingHttpResponse(
-        (writer.writerow(row) for row in _csv_rows(entries.iterator())),
-        content_type="text/csv; charset=utf-8",
+    response = csv_streaming_response(
+        rows=_csv_rows(entries.iterator()), filename=f"ledger-{request.org.slug}.csv"
     )
-    response["Content-Disposition"] = f'attachment; filename="ledger-{request.org.slug}.csv"'
     # Streamed so a long ledger never sits in memory; org_page's type only knows HttpResponse.
     return cast(HttpResponse, response)

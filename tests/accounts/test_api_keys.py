@@ -84,10 +84,12 @@ def test_x_api_key_header_is_accepted(personas: Personas) -> None:
     assert response.status_code == 200
 
 
-def test_client_request_id_is_echoed(personas: Personas) -> None:
+def test_client_request_id_is_echoed_but_never_used_as_ours(personas: Personas) -> None:
     issued = services.api_key_create(org=personas.org, name="k", created_by=personas.owner)
     response = _api(issued.secret, HTTP_X_REQUEST_ID="client-abc-12345")
-    assert response["x-request-id"] == "client-abc-12345"
+    assert response["x-client-request-id"] == "client-abc-12345"
+    assert response["x-request-id"].startswith("req_")
+    assert "x-client-request-id" not in _api(issued.secret, HTTP_X_REQUEST_ID="<bad id>")
 
 
 def test_last_used_is_written_at_most_once_per_interval(

@@ -280,3 +280,14 @@ def test_oversized_body_is_413(personas: Personas, settings: Any) -> None:
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert not Reservation.objects.exists()
+
+
+def test_a_reused_client_request_id_cannot_collide_in_billing(personas: Personas) -> None:
+    _fund(personas, 1_000_000)
+    secret = _key(personas)
+    first = _post(secret, _chat(), HTTP_X_REQUEST_ID="same-client-id-123")
+    second = _post(secret, _chat(), HTTP_X_REQUEST_ID="same-client-id-123")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first["x-request-id"] != second["x-request-id"]
+    assert RequestLog.objects.count() == 2
+    _audit_ok()
