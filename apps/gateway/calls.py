@@ -28,7 +28,7 @@ from apps.wallet.models import Reservation
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
 from .credentials import Credential, credential_for
-from .limits import limits_admit, limits_record
+from .limits import Admission, LimitsSnapshot, limits_admit, limits_record, limits_release
 from .models import CatalogModel, RequestLog
 from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros, usage_estimate
 from .providers.base import (
@@ -72,6 +72,7 @@ class ChatOutcome:
     latency_ms: int
     upstream_ms: int
     route: dict[str, Any] = field(default_factory=dict)
+    limits: LimitsSnapshot | None = None  # for the x-ratelimit-* headers
 
     @property
     def overhead_ms(self) -> int:
@@ -205,6 +206,7 @@ class _Prepared:
     credential: Credential
     upstream: ChatRequest
     log: dict[str, Any]
+    admission: Admission
 
 
 async def _prepare(
@@ -219,14 +221,23 @@ async def _prepare(
             param="max_tokens",
         )
     prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
-    await limits_admit(api_key=api_key, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    credential = await credential_for(org=api_key.organization, provider=model.provider)
-    reservation = None
-    if not credential.byok:
-        hold = reservation_micros(model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-        reservation = await sync_to_async(_reserve)(
-            api_key=api_key, amount_micros=hold, request_id=request_id
-        )
+    admission = await limits_admit(
+        api_key=api_key, prompt_tokens=prompt_tokens, max_tokens=max_tokens, model=model
+    )
+    try:
+        credential = await credential_for(org=api_key.organization, provider=model.provider)
+        reservation = None
+        if not credential.byok:
+            hold = reservation_micros(
+                model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+            )
+            reservation = await sync_to_async(_reserve)(
+                api_key=api_key, amount_micros=hold, request_id=request_id
+            )
+    except BaseException:
+        # Refused after admission (no credit, no provider key): give back the limit holds.
+        await asyncio.shield(limits_release(api_key=api_key, admission=admission))
+        raise
     upstream = ChatRequest(
         upstream_model=model.upstream_name,
         messages=chat.messages,
@@ -247,7 +258,12 @@ async def _prepare(
         "byok": credential.byok,
     }
     return _Prepared(
-        model=model, reservation=reservation, credential=credential, upstream=upstream, log=log
+        model=model,
+        reservation=reservation,
+        credential=credential,
+        upstream=upstream,
+        log=log,
+        admission=admission,
     )
 
 
@@ -270,15 +286,18 @@ async def chat_call(
             prepared.upstream, api_key=prepared.credential.secret
         )
     except ProviderError as exc:
-        if prepared.credential.byok:
-            exc = exc.as_byok()
+        # With the customer's own key, a refused key or an empty quota is theirs to fix.
+        error = exc.as_byok() if prepared.credential.byok else exc
         await sync_to_async(_release)(
             reservation=reservation,
-            http_status=exc.status,
+            http_status=error.status,
             upstream_ms=_elapsed_ms(upstream_started),
-            error=exc,
+            error=error,
             **log,
         )
+        await limits_release(api_key=api_key, admission=prepared.admission)
+        if error is not exc:
+            raise error from exc
         raise
     except BaseException:
         # Cancelled (client went away) or a bug: nothing usable came back, free the hold.
@@ -303,7 +322,9 @@ async def chat_call(
         result=result,
         **log,
     )
-    await limits_record(api_key=api_key, usage=result.usage, cost_micros=cost)
+    await limits_record(
+        api_key=api_key, usage=result.usage, cost_micros=cost, admission=prepared.admission
+    )
     return ChatOutcome(
         request_id=request_id,
         model=model,
@@ -312,6 +333,7 @@ async def chat_call(
         latency_ms=_elapsed_ms(started),
         upstream_ms=upstream_ms,
         route=_route(chat, model),
+        limits=prepared.admission.snapshot,
     )
 
 
@@ -329,6 +351,7 @@ class ChatStream:
     events: AsyncIterator[StreamEvent]
     route: dict[str, Any]
     outcome: dict[str, Any] = field(default_factory=dict)  # cost_micros, usage once settled
+    limits: LimitsSnapshot | None = None  # for the x-ratelimit-* headers
 
 
 async def chat_stream(
@@ -346,6 +369,7 @@ async def chat_stream(
         events=_stream_events(prepared, chat, outcome),
         route=_route(chat, prepared.model),
         outcome=outcome,
+        limits=prepared.admission.snapshot,
     )
 
 
@@ -399,6 +423,7 @@ async def _stream_events(
             settle["http_status"] = error.status_code
         if usage is None:  # failed before any text: the call never happened for the customer
             await asyncio.shield(sync_to_async(_after_response)(_release, **settle))
+            await limits_release(api_key=log["api_key"], admission=prepared.admission)
         else:
             cost = cost_micros(model=model, usage=usage)
             result = ChatResult(
@@ -414,4 +439,6 @@ async def _stream_events(
                 )
             )
             outcome.update(cost_micros=cost, usage=usage)
-            await limits_record(api_key=log["api_key"], usage=usage, cost_micros=cost)
+            await limits_record(
+                api_key=log["api_key"], usage=usage, cost_micros=cost, admission=prepared.admission
+            )

@@ -27,6 +27,7 @@ from llmwise.errors import (
 )
 
 from . import calls
+from .limits import LimitsSnapshot
 from .providers.base import ChatMessage, StreamEvent, Usage
 from .selectors import catalog_list
 
@@ -266,6 +267,7 @@ def outcome_headers(outcome: calls.ChatOutcome) -> dict[str, str]:
         "x-llmwise-model": outcome.model.id,
         "x-llmwise-cost-micros": str(outcome.cost_micros),
         "x-llmwise-overhead-ms": str(outcome.overhead_ms),
+        **(outcome.limits.headers() if outcome.limits else {}),
     }
 
 
@@ -289,13 +291,21 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             return StreamingHttpResponse(
                 _sse(stream, first, include_usage=include_usage),
                 content_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "x-llmwise-model": stream.model.id},
+                headers={
+                    "Cache-Control": "no-cache",
+                    "x-llmwise-model": stream.model.id,
+                    **(stream.limits.headers() if stream.limits else {}),
+                },
             )
         outcome = await calls.chat_call(
             api_key=api_key, chat=chat, request_id=request_id, endpoint="openai.chat"
         )
     except ApplicationError as exc:
-        return application_error_response(exc, request_id=request_id)
+        response = application_error_response(exc, request_id=request_id)
+        limits: LimitsSnapshot | None = getattr(exc, "limits", None)
+        for name, value in (limits.headers() if limits else {}).items():
+            response[name] = value
+        return response
     return JsonResponse(completion_body(outcome), headers=outcome_headers(outcome))
 
 

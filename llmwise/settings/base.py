@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Redoc served from our static files, no CDN
     "channels",
     "allauth",
     "allauth.account",
@@ -343,7 +344,62 @@ PROVIDER_HTTP_MAX_CONNECTIONS: int = env.int("PROVIDER_HTTP_MAX_CONNECTIONS", de
 PROVIDER_HTTP_MAX_KEEPALIVE: int = env.int("PROVIDER_HTTP_MAX_KEEPALIVE", default=100)
 
 # --- gateway limits ---------------------------------------------------------------------------
+# Shared counters (rate limits now; health, breakers and cooldowns later): "redis" or "memory";
+# empty picks Redis when the default cache is on Redis (same server and database as the cache,
+# unless GATEWAY_COUNTERS_REDIS_URL names another), in-process memory otherwise.
+GATEWAY_COUNTERS_BACKEND: str = env.str("GATEWAY_COUNTERS_BACKEND", default="")
+GATEWAY_COUNTERS_REDIS_URL: str = env.str("GATEWAY_COUNTERS_REDIS_URL", default="")
+# The in-process backend forgets the oldest windows beyond this many live entries.
+GATEWAY_COUNTERS_MAX_ENTRIES: int = env.int("GATEWAY_COUNTERS_MAX_ENTRIES", default=100_000)
+# Length of the RPM/TPM windows in seconds ("per minute"; tests shrink it).
+GATEWAY_LIMITS_WINDOW_SECONDS: int = env.int("GATEWAY_LIMITS_WINDOW_SECONDS", default=60)
+# Per-organization ceilings over all its keys; 0 means no limit. Generous: they stop runaway
+# traffic, the per-key limits are the ones customers tune.
+GATEWAY_ORG_RPM: int = env.int("GATEWAY_ORG_RPM", default=10_000)
+GATEWAY_ORG_TPM: int = env.int("GATEWAY_ORG_TPM", default=20_000_000)
+# How long a key's lifetime spend, summed from the request log, is trusted before re-reading it.
+GATEWAY_SPEND_CACHE_SECONDS: int = env.int("GATEWAY_SPEND_CACHE_SECONDS", default=60)
 
 # --- BYOK encryption --------------------------------------------------------------------------
+# Keys that encrypt stored provider keys (apps.gateway.encryption): comma-separated, newest first,
+# each a random string of at least 32 characters (e.g. `openssl rand -hex 32`). New secrets are
+# encrypted with the first; every listed key still decrypts, so rotation is: prepend a key, run
+# `manage.py rotate_encryption_keys`, then drop the old one. Empty (dev, test) derives one key
+# from SECRET_KEY; production refuses to start without it (settings/prod.py).
+FIELD_ENCRYPTION_KEYS: list[str] = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+# How long a process reuses an organization's decrypted provider key (or the fact that it has
+# none) before reading it again. Setting or removing a key clears it at once in the process
+# that did it; other processes see the change within this many seconds.
+BYOK_CREDENTIAL_CACHE_SECONDS: float = env.float("BYOK_CREDENTIAL_CACHE_SECONDS", default=5.0)
+# "Last used" is written at most this often per key, so a busy BYOK org costs no write per call.
+BYOK_LAST_USED_INTERVAL_SECONDS = 60
+# The "verify key" call: one tiny completion, so fail fast.
+BYOK_VERIFY_TIMEOUT_SECONDS: float = 15.0
 
 # --- API reference ----------------------------------------------------------------------------
+# The gateway's async endpoints are not DRF views: apps.gateway.openapi describes them by hand and
+# merges them into the generated schema. drf-spectacular's default enum hook stays first.
+SPECTACULAR_SETTINGS.update(
+    {
+        "POSTPROCESSING_HOOKS": [
+            "drf_spectacular.hooks.postprocess_schema_enums",
+            "apps.gateway.openapi.gateway_paths_hook",
+        ],
+        # Redoc's bundle comes from drf-spectacular-sidecar's static files, never a CDN.
+        "REDOC_DIST": "SIDECAR",
+        "REDOC_UI_SETTINGS": {
+            "expandResponses": "200",
+            "jsonSampleExpandLevel": 3,
+            "pathInMiddlePanel": True,
+            "scrollYOffset": 48,  # the docs bar above Redoc (templates/docs/reference.html)
+            # System fonts: Redoc's default fonts would be fetched from Google.
+            "theme": {
+                "typography": {
+                    "fontFamily": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif",
+                    "headings": {"fontFamily": "system-ui, -apple-system, 'Segoe UI', sans-serif"},
+                    "code": {"fontFamily": "ui-monospace, SFMono-Regular, Menlo, monospace"},
+                }
+            },
+        },
+    }
+)
