@@ -203,7 +203,14 @@ def services() -> dict[str, dict[str, Any]]:
 
 def run_env(**extra: str) -> dict[str, str]:
     """This environment without the deployment variables, with the venv first on PATH."""
-    dropped = {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ALLOWED_HOSTS", "SECURE_SSL_REDIRECT"}
+    dropped = {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SECRET_KEY",
+        "ALLOWED_HOSTS",
+        "SECURE_SSL_REDIRECT",
+        "FIELD_ENCRYPTION_KEYS",
+    }
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
@@ -598,7 +605,12 @@ def _compose_plugin() -> bool:
 @pytest.mark.skipif(not _compose_plugin(), reason="the docker compose plugin is not installed")
 def test_docker_compose_config_accepts_the_file() -> None:
     command = ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"]
-    ok = subprocess.run(command, env=run_env(SECRET_KEY="x"), capture_output=True, timeout=30)
+    ok = subprocess.run(
+        command,
+        env=run_env(SECRET_KEY="x", FIELD_ENCRYPTION_KEYS="y"),
+        capture_output=True,
+        timeout=30,
+    )
     assert ok.returncode == 0, ok.stderr
     missing = subprocess.run(command, env=run_env(), capture_output=True, timeout=30)
     assert missing.returncode != 0, "compose must refuse to start without SECRET_KEY"

@@ -22,6 +22,7 @@ def _load_settings(module: str, env: dict[str, str]) -> subprocess.CompletedProc
             "DATABASE_URL",
             "REDIS_URL",
             "ALLOWED_HOSTS",
+            "FIELD_ENCRYPTION_KEYS",
             "DJANGO_SETTINGS_MODULE",
         }
     }
@@ -48,10 +49,13 @@ PROD_ENV = {
     "DATABASE_URL": "postgres://u@127.0.0.1:5432/db",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "ALLOWED_HOSTS": "llmwise.example",
+    "FIELD_ENCRYPTION_KEYS": "k" * 64,
 }
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"])
+@pytest.mark.parametrize(
+    "missing", ["SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "FIELD_ENCRYPTION_KEYS"]
+)
 def test_production_refuses_to_start_without_a_secret(missing: str) -> None:
     env = {k: v for k, v in PROD_ENV.items() if k != missing}
     result = _load_settings("llmwise.settings.prod", env)

@@ -152,3 +152,43 @@ class RequestLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model or self.requested_model} {self.status}"
+
+
+class ProviderKey(models.Model):
+    """An organization's own key for one provider (BYOK): calls routed with it charge no credit.
+
+    Only the encrypted secret is stored (``apps.gateway.encryption``), with the id of the key that
+    encrypted it so ``manage.py rotate_encryption_keys`` knows what to re-encrypt, and the last
+    four characters as the only part ever shown back. One key per organization and provider:
+    setting a new one replaces it.
+    """
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="provider_keys"
+    )
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    secret_encrypted = models.TextField(help_text="Fernet token; never the plaintext.")
+    encryption_key_id = models.CharField(max_length=16)
+    suffix = models.CharField(max_length=4, help_text="The secret's last characters, for display.")
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_verified_at = models.DateTimeField(null=True, blank=True)
+    last_verify_ok = models.BooleanField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("provider",)
+        constraints = (
+            models.UniqueConstraint(
+                fields=["organization", "provider"], name="provider_key_one_per_org_provider"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.provider} key {self.masked}"
+
+    @property
+    def masked(self) -> str:
+        return f"••••{self.suffix}"
