@@ -2,8 +2,10 @@
 
 from django.urls import path
 
+from apps.gateway.consumers import ChatConsumer
 from llmwise.consumers import PingConsumer
 
 websocket_urlpatterns = [
     path("ws/ping", PingConsumer.as_asgi()),
+    path("ws/v1/chat", ChatConsumer.as_asgi()),
 ]

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from apps.gateway import anthropic_api, native_api
 from llmwise import health
 
 urlpatterns = [
@@ -10,10 +11,12 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
     path("api/schema", SpectacularAPIView.as_view(permission_classes=[]), name="api_schema"),
+    path("api/v1/chat", native_api.chat, name="native_chat"),
     path("api/v1/", include("apps.accounts.api_urls")),
     path("api/v1/", include("apps.wallet.api_urls")),
     path("api/v1/", include("apps.gateway.api_urls")),
     path("webhooks/", include("apps.wallet.webhook_urls")),
+    path("v1/messages", anthropic_api.messages, name="anthropic_messages"),
     path("v1/", include("apps.gateway.openai_urls")),
     path("dashboard/", include("apps.dashboard.urls")),
     path("", include("apps.dashboard.public_urls")),
