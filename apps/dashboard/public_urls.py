@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import public_views
+from . import docs_views, public_views
 
 urlpatterns = [
     path("", public_views.landing, name="landing"),
@@ -16,4 +16,6 @@ urlpatterns = [
         name="newsletter_unsubscribe",
     ),
     path("invitations/<str:token>/", public_views.invitation_accept, name="invitation_accept"),
+    path("docs/", docs_views.quickstart, name="docs"),
+    path("docs/api/", docs_views.api_reference, name="docs_api"),
 ]
