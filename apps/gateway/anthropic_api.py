@@ -25,9 +25,10 @@ from .openai_api import (
     MAX_STOP_SEQUENCES,
     MethodNotAllowed,
     authenticate,
+    json_body,
+    llmwise_body,
     outcome_headers,
 )
-from .openai_api import _json_body as json_body
 from .pricing import prompt_tokens_estimate
 from .providers.base import (
     CODE_OVERLOADED,
@@ -211,12 +212,7 @@ def message_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
         "stop_reason": stop_reason(outcome.result.finish_reason),
         "stop_sequence": None,
         "usage": _usage(outcome.result.usage),
-        "llmwise": {
-            "cost_micros": outcome.cost_micros,
-            "latency_ms": outcome.latency_ms,
-            "route": outcome.route,
-            "usage_estimated": outcome.result.usage.estimated,
-        },
+        "llmwise": llmwise_body(outcome),
     }
 
 

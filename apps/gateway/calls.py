@@ -73,6 +73,11 @@ class ChatOutcome:
     upstream_ms: int
     route: dict[str, Any] = field(default_factory=dict)
     limits: LimitsSnapshot | None = None  # for the x-ratelimit-* headers
+    byok: bool = False  # the customer's own key: cost_micros is what it would have cost
+
+    @property
+    def charged_micros(self) -> int:
+        return 0 if self.byok else self.cost_micros
 
     @property
     def overhead_ms(self) -> int:
@@ -282,7 +287,7 @@ async def chat_call(
     model, reservation, log = prepared.model, prepared.reservation, prepared.log
     upstream_started = time.perf_counter()
     try:
-        result = await provider_adapter(model.provider).complete(
+        result = await provider_adapter(model.provider, byok=prepared.credential.byok).complete(
             prepared.upstream, api_key=prepared.credential.secret
         )
     except ProviderError as exc:
@@ -334,6 +339,7 @@ async def chat_call(
         upstream_ms=upstream_ms,
         route=_route(chat, model),
         limits=prepared.admission.snapshot,
+        byok=prepared.credential.byok,
     )
 
 
@@ -352,6 +358,7 @@ class ChatStream:
     route: dict[str, Any]
     outcome: dict[str, Any] = field(default_factory=dict)  # cost_micros, usage once settled
     limits: LimitsSnapshot | None = None  # for the x-ratelimit-* headers
+    byok: bool = False
 
 
 async def chat_stream(
@@ -370,6 +377,7 @@ async def chat_stream(
         route=_route(chat, prepared.model),
         outcome=outcome,
         limits=prepared.admission.snapshot,
+        byok=prepared.credential.byok,
     )
 
 
@@ -385,7 +393,7 @@ async def _stream_events(
     try:
         upstream = cast(
             AsyncGenerator[StreamEvent, None],
-            provider_adapter(model.provider).stream(
+            provider_adapter(model.provider, byok=prepared.credential.byok).stream(
                 prepared.upstream, api_key=prepared.credential.secret
             ),
         )

@@ -27,10 +27,10 @@ from .models import CatalogModel
 from .openai_api import (
     MethodNotAllowed,
     authenticate,
+    json_body,
     outcome_headers,
     parse_openai_chat,
 )
-from .openai_api import _json_body as json_body
 from .providers.base import StreamEvent, Usage
 
 ENDPOINT: Final = "native.chat"

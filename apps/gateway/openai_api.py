@@ -67,7 +67,7 @@ async def authenticate(request: HttpRequest) -> ApiKey:
     return key
 
 
-def _json_body(request: HttpRequest) -> dict[str, Any]:
+def json_body(request: HttpRequest) -> dict[str, Any]:
     try:
         raw = request.body
     except RequestDataTooBig as exc:
@@ -229,12 +229,26 @@ async def _sse(
                 "usage": _usage_body(usage),
                 "llmwise": {
                     "cost_micros": stream.outcome.get("cost_micros", 0),
+                    "charged_micros": 0 if stream.byok else stream.outcome.get("cost_micros", 0),
+                    "byok": stream.byok,
                     "route": stream.route,
                     "usage_estimated": usage.estimated,
                 },
             }
         )
     yield _sse_data("[DONE]")
+
+
+def llmwise_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
+    """LLMWise's additions to a compatible-format answer (SDKs ignore unknown fields)."""
+    return {
+        "cost_micros": outcome.cost_micros,
+        "charged_micros": outcome.charged_micros,
+        "byok": outcome.byok,
+        "latency_ms": outcome.latency_ms,
+        "route": outcome.route,
+        "usage_estimated": outcome.result.usage.estimated,
+    }
 
 
 def completion_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
@@ -253,19 +267,15 @@ def completion_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
             }
         ],
         "usage": _usage_body(usage),
-        "llmwise": {
-            "cost_micros": outcome.cost_micros,
-            "latency_ms": outcome.latency_ms,
-            "route": outcome.route,
-            "usage_estimated": usage.estimated,
-        },
+        "llmwise": llmwise_body(outcome),
     }
 
 
 def outcome_headers(outcome: calls.ChatOutcome) -> dict[str, str]:
     return {
         "x-llmwise-model": outcome.model.id,
-        "x-llmwise-cost-micros": str(outcome.cost_micros),
+        # What left the wallet: 0 for a BYOK call (its would-be cost is in the body and the log).
+        "x-llmwise-cost-micros": str(outcome.charged_micros),
         "x-llmwise-overhead-ms": str(outcome.overhead_ms),
         **(outcome.limits.headers() if outcome.limits else {}),
     }
@@ -278,7 +288,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         if request.method != "POST":
             raise MethodNotAllowed("Use POST.")
         api_key = await authenticate(request)
-        body = _json_body(request)
+        body = json_body(request)
         chat = parse_openai_chat(body)
         if chat.stream:
             include_usage = _include_usage(body)

@@ -316,7 +316,17 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "cost_micros": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "Charged to your wallet, in micro-USD (0 for BYOK calls).",
+                "description": "What the call costs at catalog prices, in micro-USD (for a "
+                "BYOK call: what it would have cost).",
+            },
+            "charged_micros": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "What left your wallet, in micro-USD (0 for BYOK calls).",
+            },
+            "byok": {
+                "type": "boolean",
+                "description": "The call used your organization's own provider key.",
             },
             "latency_ms": {
                 "type": "integer",
@@ -330,7 +340,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "counted the tokens itself.",
             },
         },
-        "required": ["cost_micros", "route", "usage_estimated"],
+        "required": ["cost_micros", "charged_micros", "byok", "route", "usage_estimated"],
     },
     "ChatCompletion": {
         "type": "object",
@@ -778,7 +788,7 @@ With `"stream": true` the answer is `text/event-stream`. Each event is one line
 2. one chunk per text delta, `{"content": "…"}`;
 3. a chunk with an empty delta and `finish_reason` set;
 4. with `stream_options.include_usage`, a chunk with `choices: []`, `usage` and `llmwise`
-   (`cost_micros`, `route`, `usage_estimated`);
+   (`cost_micros`, `charged_micros`, `byok`, `route`, `usage_estimated`);
 5. `data: [DONE]`.
 
 Failures before the first token answer a normal JSON error with its status. A failure after the
@@ -799,8 +809,9 @@ OPENAI_STREAM_EXAMPLE: Final = (
     '"logprobs":null}]}\n\n'
     'data: {"id":"chatcmpl-req_1","object":"chat.completion.chunk","created":1700000000,'
     '"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,'
-    '"total_tokens":10},"llmwise":{"cost_micros":2,"route":{"requested":"gpt-4o-mini",'
-    '"chosen":"gpt-4o-mini","reason":"requested"},"usage_estimated":false}}\n\n'
+    '"total_tokens":10},"llmwise":{"cost_micros":2,"charged_micros":2,"byok":false,'
+    '"route":{"requested":"gpt-4o-mini","chosen":"gpt-4o-mini","reason":"requested"},'
+    '"usage_estimated":false}}\n\n'
     "data: [DONE]\n\n"
 )
 

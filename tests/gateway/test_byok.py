@@ -412,6 +412,16 @@ def test_byok_call_charges_nothing_and_logs_the_would_be_cost(
     )
     assert would_be > 0
     assert (log.byok, log.status, log.cost_micros) == (True, "ok", would_be)
+    # The client is told what it would have cost and that nothing was charged.
+    assert response["x-llmwise-cost-micros"] == "0"
+    assert response.json()["llmwise"] | {"route": None, "latency_ms": None} == {
+        "cost_micros": would_be,
+        "charged_micros": 0,
+        "byok": True,
+        "route": None,
+        "latency_ms": None,
+        "usage_estimated": False,
+    }
     assert ProviderKey.objects.get().last_used_at is not None
     _audit_ok()
 

@@ -96,3 +96,15 @@ async def test_registry_adapter_calls_the_sandbox(
         chat(model=MODELS[provider]), api_key=platform_key(provider)
     )
     assert result.text.startswith(f"Sandbox answer from {MODELS[provider]}")
+
+
+def test_byok_calls_go_to_the_real_provider_in_the_embedded_default(settings: Any) -> None:
+    settings.PROVIDER_SANDBOX = False
+    settings.PROVIDER_SANDBOX_KEYLESS = True
+    settings.PROVIDER_SANDBOX_URL = "http://127.0.0.1:9"
+    settings.PROVIDER_KEYS = {}
+    real = settings.PROVIDER_BASE_URLS["anthropic"]
+    assert provider_base_url("anthropic").startswith("http://127.0.0.1:9/anthropic")
+    assert provider_base_url("anthropic", byok=True) == real
+    settings.PROVIDER_SANDBOX = True  # tests and demos force everything to the sandbox
+    assert provider_base_url("anthropic", byok=True).startswith("http://127.0.0.1:9/")

@@ -26,19 +26,22 @@ SANDBOX_KEY_PREFIX = "sk-sandbox-"  # what we send the sandbox when no real key 
 ADAPTER_CACHE_SIZE = 64
 
 
-def provider_uses_sandbox(provider: str) -> bool:
+def provider_uses_sandbox(provider: str, *, byok: bool = False) -> bool:
     """True when ``provider`` is served by the sandbox: everything under PROVIDER_SANDBOX, and
-    keyless providers under PROVIDER_SANDBOX_KEYLESS (the embedded default)."""
+    keyless providers under PROVIDER_SANDBOX_KEYLESS (the embedded default) — unless the call
+    carries the customer's own key (BYOK), which is a real key for the real provider."""
     if settings.PROVIDER_SANDBOX:
         return True
+    if byok:
+        return False
     return bool(settings.PROVIDER_SANDBOX_KEYLESS) and not settings.PROVIDER_KEYS.get(provider)
 
 
-def provider_base_url(provider: str) -> str:
+def provider_base_url(provider: str, *, byok: bool = False) -> str:
     """The real base URL from PROVIDER_BASE_URLS, or its sandbox twin: ``<sandbox>/<provider>``
     followed by the real URL's path, so the sandbox sees the provider's real paths."""
     real: str = settings.PROVIDER_BASE_URLS[provider]
-    if not provider_uses_sandbox(provider):
+    if not provider_uses_sandbox(provider, byok=byok):
         return real
     sandbox = settings.PROVIDER_SANDBOX_URL.rstrip("/")
     if not sandbox:
@@ -71,9 +74,10 @@ def provider_timeouts() -> Timeouts:
     )
 
 
-def provider_adapter(provider: str) -> ProviderAdapter:
-    """The adapter for ``provider`` as currently configured."""
-    return _adapter(provider, provider_base_url(provider), provider_timeouts())
+def provider_adapter(provider: str, *, byok: bool = False) -> ProviderAdapter:
+    """The adapter for ``provider`` as currently configured (``byok``: the call uses the
+    customer's own key, so it goes to the real provider even in the embedded default)."""
+    return _adapter(provider, provider_base_url(provider, byok=byok), provider_timeouts())
 
 
 @lru_cache(maxsize=ADAPTER_CACHE_SIZE)
