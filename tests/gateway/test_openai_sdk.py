@@ -66,3 +66,29 @@ def test_sdk_raises_typed_errors(sdk: openai.OpenAI) -> None:
     bad_key = openai.OpenAI(api_key="lw-wrong", base_url=str(sdk.base_url), max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad_key.models.list()
+
+
+def test_async_sdk_chat_and_stream(sdk: openai.OpenAI, personas: Personas) -> None:
+    import asyncio
+
+    async def run() -> tuple[str, str]:
+        client = openai.AsyncOpenAI(api_key=sdk.api_key, base_url=str(sdk.base_url), max_retries=0)
+        completion = await client.chat.completions.create(
+            model="claude-haiku-4.5",
+            messages=[{"role": "user", "content": "Say something short."}],
+            max_tokens=20,
+        )
+        stream = await client.chat.completions.create(
+            model="gemini-2.5-flash",
+            messages=[{"role": "user", "content": "Stream something short."}],
+            max_tokens=20,
+            stream=True,
+        )
+        streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await client.close()
+        return completion.choices[0].message.content or "", streamed
+
+    text, streamed = asyncio.run(run())
+    assert text
+    assert streamed
+    assert RequestLog.objects.filter(organization=personas.org, status="ok").count() == 2
