@@ -376,6 +376,48 @@ def reservation_release(*, reservation: Reservation) -> Reservation:
     return Reservation.objects.get(pk=reservation.pk)
 
 
+def reservation_split(*, parent: Reservation, request_id: str, amount_micros: int) -> Reservation:
+    """Carve a child hold for ``request_id`` out of a held ``parent`` (a fan-out's single hold).
+
+    The total held does not change: the parent shrinks by ``amount_micros`` and a child of that
+    size appears, to be settled or released on its own like any reservation. Taking the whole
+    remainder closes the parent (status released, nothing left to free). Idempotent by
+    ``request_id``. The caller releases what the parent still holds when the fan-out is done.
+    """
+    _require_amount(amount_micros, param="amount_micros")
+    if not request_id or len(request_id) > MAX_REQUEST_ID_LENGTH:
+        raise ApplicationError("A request id of 1 to 128 characters is required.")
+    with transaction.atomic():
+        held = Reservation.objects.select_for_update().get(pk=parent.pk)
+        existing = Reservation.objects.filter(wallet_id=held.wallet_id, request_id=request_id)
+        child = existing.first()
+        if child is not None:
+            return child
+        if held.status != Reservation.Status.HELD:
+            raise Conflict("The fan-out's hold is no longer held.", code="hold_finished")
+        if amount_micros > held.amount_micros:
+            raise ApplicationError(
+                "The part asked for is larger than what the fan-out still holds.",
+                code="hold_too_small",
+            )
+        now = timezone.now()
+        if amount_micros == held.amount_micros:
+            held.status = Reservation.Status.RELEASED  # everything moved to the child
+            held.finished_at = now
+            held.save(update_fields=["status", "finished_at"])
+        else:
+            held.amount_micros -= amount_micros
+            held.save(update_fields=["amount_micros"])
+        return Reservation.objects.create(
+            wallet_id=held.wallet_id,
+            organization_id=held.organization_id,
+            request_id=request_id,
+            amount_micros=amount_micros,
+            created_at=now,
+            expires_at=held.expires_at,
+        )
+
+
 def reservations_release_expired(*, now: datetime | None = None, limit: int = 1000) -> int:
     """Expire held reservations past their deadline (a crashed worker's holds). Returns the count.
 

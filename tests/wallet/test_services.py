@@ -13,7 +13,7 @@ from apps.accounts.models import Organization
 from apps.wallet import selectors, services
 from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from apps.wallet.services import InsufficientCredit
-from llmwise.errors import ApplicationError
+from llmwise.errors import ApplicationError, Conflict
 from tests.conftest import Personas
 from tests.wallet.conftest import usd
 
@@ -321,3 +321,54 @@ def test_wallet_audit_flags_a_hold_the_sweeper_left_behind(wallet: Wallet) -> No
     assert any("sweeper" in p for p in selectors.wallet_audit_problems())
     services.reservations_release_expired()
     assert selectors.wallet_audit_problems() == []
+
+
+# --- fan-out holds ----------------------------------------------------------------------------
+def test_split_carves_children_out_of_one_hold(wallet: Wallet) -> None:
+    parent = services.wallet_reserve(
+        wallet=wallet, amount_micros=usd(3), request_id="fan", expires_in=timedelta(minutes=5)
+    )
+    first = services.reservation_split(parent=parent, request_id="fan.1", amount_micros=usd(1))
+    again = services.reservation_split(parent=parent, request_id="fan.1", amount_micros=usd(1))
+    assert again.pk == first.pk  # idempotent
+    second = services.reservation_split(parent=parent, request_id="fan.2", amount_micros=usd(1))
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == usd(3)  # the total held never changed
+    parent.refresh_from_db()
+    assert parent.amount_micros == usd(1)
+
+    services.reservation_settle(reservation=first, actual_micros=usd(0.25))
+    services.reservation_release(reservation=second)
+    services.reservation_release(reservation=parent)
+    wallet.refresh_from_db()
+    assert (wallet.reserved_micros, wallet.balance_micros) == (0, usd(10) - usd(0.25))
+    _audit_ok()
+
+
+def test_split_of_the_whole_remainder_closes_the_parent(wallet: Wallet) -> None:
+    parent = services.wallet_reserve(
+        wallet=wallet, amount_micros=usd(2), request_id="fan", expires_in=timedelta(minutes=5)
+    )
+    child = services.reservation_split(parent=parent, request_id="fan.1", amount_micros=usd(2))
+    parent.refresh_from_db()
+    assert parent.status == Reservation.Status.RELEASED
+    services.reservation_release(reservation=parent)  # nothing left: no effect
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == usd(2)
+    services.reservation_settle(reservation=child, actual_micros=usd(1))
+    wallet.refresh_from_db()
+    assert (wallet.reserved_micros, wallet.balance_micros) == (0, usd(9))
+    with pytest.raises(Conflict):
+        services.reservation_split(parent=parent, request_id="fan.2", amount_micros=1)
+    _audit_ok()
+
+
+def test_split_larger_than_the_hold_is_refused(wallet: Wallet) -> None:
+    parent = services.wallet_reserve(
+        wallet=wallet, amount_micros=usd(1), request_id="fan", expires_in=timedelta(minutes=5)
+    )
+    with pytest.raises(ApplicationError, match="larger"):
+        services.reservation_split(parent=parent, request_id="fan.1", amount_micros=usd(2))
+    assert not Reservation.objects.filter(request_id="fan.1").exists()
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == usd(1)
