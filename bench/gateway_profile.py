@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import gateway_overhead as gw
+
+REPO = f"{Path(__file__).resolve().parents[1]}/"  # profiled files under the checkout are ours
 
 # Buckets for "where does the CPU go", by the file a function lives in (first match wins).
 BUCKETS = (
-    ("our code (apps/, llmwise/)", ("/work/main/apps/", "/work/main/llmwise/")),
+    ("our code (apps/, llmwise/)", (f"{REPO}apps/", f"{REPO}llmwise/")),
     ("django.db (ORM, compiler)", ("/django/db/",)),
     ("psycopg / psycopg_pool", ("/psycopg/", "/psycopg_pool/", "psycopg")),
     ("django core (handlers, http, urls)", ("/django/core/", "/django/http/", "/django/urls/")),
@@ -171,7 +172,7 @@ def report(prefix: Path, requests: int, top: int) -> str:
 
     def short(key: tuple[str, int, str]) -> str:
         filename, line, func = key
-        for cut in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        for cut in ("site-packages/", REPO, "lib/python3.11/"):
             if cut in filename:
                 filename = filename.split(cut, 1)[1]
         return f"{filename}:{line}({func})"
@@ -179,7 +180,7 @@ def report(prefix: Path, requests: int, top: int) -> str:
     ours = [
         (key, v)
         for key, v in raw.items()
-        if "/work/main/" in key[0] and "/.venv/" not in key[0] and "/bench/" not in key[0]
+        if REPO in key[0] and "/.venv/" not in key[0] and "/bench/" not in key[0]
     ]
     lines += ["", f"top {top} of our functions by cumulative CPU time (ms/req, calls/req):", ""]
     lines += ["| function | cum ms/req | own ms/req | calls/req |", "|---|---|---|---|"]
