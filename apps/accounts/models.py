@@ -142,6 +142,12 @@ class ApiKey(models.Model):
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
     spend_cap_micros = models.BigIntegerField(null=True, blank=True)
+    zero_retention = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Store no prompt or completion text for this key's calls; empty follows the "
+        "organization's setting.",
+    )
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.ForeignKey(
@@ -165,6 +171,13 @@ class ApiKey(models.Model):
     @property
     def is_usable(self) -> bool:
         return self.status == "active"
+
+    @property
+    def retains_text(self) -> bool:
+        """Whether prompts and completions of this key's calls may be stored."""
+        if self.zero_retention is not None:
+            return not self.zero_retention
+        return not self.organization.zero_retention
 
 
 class AuditEvent(models.Model):

@@ -430,6 +430,7 @@ def api_key_create(
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     spend_cap_micros: int | None = None,
+    zero_retention: bool | None = None,
 ) -> IssuedApiKey:
     """Create an API key; the returned secret is the only copy there will ever be."""
     membership_require(org=org, user=created_by, role=Role.ADMIN)
@@ -461,6 +462,7 @@ def api_key_create(
                     rpm_limit=rpm_limit,
                     tpm_limit=tpm_limit,
                     spend_cap_micros=spend_cap_micros,
+                    zero_retention=zero_retention,
                 )
             break
         except IntegrityError:  # a prefix collision: astronomically rare, try a new secret
@@ -480,6 +482,7 @@ def api_key_create(
             "rpm_limit": rpm_limit,
             "tpm_limit": tpm_limit,
             "spend_cap_micros": spend_cap_micros,
+            "zero_retention": zero_retention,
         },
     )
     return IssuedApiKey(api_key=key, secret=secret)

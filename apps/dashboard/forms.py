@@ -31,6 +31,15 @@ class ApiKeyCreateForm(forms.Form):
     )
     rpm_limit = forms.IntegerField(required=False, min_value=1, label="Requests per minute")
     tpm_limit = forms.IntegerField(required=False, min_value=1, label="Tokens per minute")
+    retention = forms.ChoiceField(
+        required=False,
+        label="Prompt and completion text",
+        choices=[
+            ("", "Follow the organization's setting"),
+            ("zero", "Never store (zero retention)"),
+            ("keep", "Store, for the request log"),
+        ],
+    )
     spend_cap_usd = forms.DecimalField(
         required=False,
         min_value=Decimal("0.01"),
@@ -58,6 +67,7 @@ class ApiKeyCreateForm(forms.Form):
             "rpm_limit": data.get("rpm_limit"),
             "tpm_limit": data.get("tpm_limit"),
             "spend_cap_micros": int(cap * MICROS_PER_USD) if cap is not None else None,
+            "zero_retention": {"zero": True, "keep": False}.get(data.get("retention") or ""),
         }
 
 

@@ -130,7 +130,7 @@ def _log(
     byok: bool = False,
 ) -> RequestLog:
     usage = result.usage if result is not None else Usage(0, 0)
-    keep_text = not api_key.organization.zero_retention
+    keep_text = api_key.retains_text  # the key's setting, else the organization's
     return RequestLog.objects.create(
         organization_id=api_key.organization_id,
         api_key=api_key,

@@ -156,3 +156,23 @@ def test_authenticated_keys_are_remembered_briefly(
     cached = services._key_cache[issued.api_key.secret_hash][1]
     cached.expires_at = timezone.now()
     assert services.api_key_authenticate(secret=issued.secret) is None
+
+
+@pytest.mark.parametrize(
+    ("org_zero", "key_zero", "retains"),
+    [
+        (False, None, True),
+        (True, None, False),
+        (False, True, False),
+        (True, False, True),
+    ],
+)
+def test_key_retention_overrides_the_organization(
+    personas: Personas, org_zero: bool, key_zero: bool | None, retains: bool
+) -> None:
+    personas.org.zero_retention = org_zero
+    personas.org.save()
+    issued = services.api_key_create(
+        org=personas.org, name="k", created_by=personas.owner, zero_retention=key_zero
+    )
+    assert ApiKey.objects.get(pk=issued.api_key.pk).retains_text is retains

@@ -63,6 +63,7 @@ def test_admin_creates_key_and_sees_secret_once(personas: Personas) -> None:
             "allowed_models": "gpt-4.1, claude-sonnet-4.5",
             "rpm_limit": "60",
             "spend_cap_usd": "12.50",
+            "retention": "zero",
         },
     )
     assert response.status_code == 200
@@ -72,6 +73,7 @@ def test_admin_creates_key_and_sees_secret_once(personas: Personas) -> None:
     assert key.allowed_models == ["claude-sonnet-4.5", "gpt-4.1"]
     assert key.rpm_limit == 60
     assert key.spend_cap_micros == 12_500_000
+    assert key.zero_retention is True
     listing = client.get(reverse("dashboard:api_keys")).content.decode()
     assert key.prefix in listing
     assert secret not in listing

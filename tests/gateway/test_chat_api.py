@@ -294,3 +294,13 @@ def test_a_reused_client_request_id_cannot_collide_in_billing(personas: Personas
     assert first["x-request-id"] != second["x-request-id"]
     assert RequestLog.objects.count() == 2
     _audit_ok()
+
+
+def test_a_zero_retention_key_stores_no_text_in_a_retaining_org(personas: Personas) -> None:
+    _fund(personas, 1_000_000)
+    response = _post(_key(personas, zero_retention=True), _chat("zr-key-canary-77 hello"))
+    assert response.status_code == 200
+    log = RequestLog.objects.get()
+    assert (log.prompt, log.completion) == (None, "")
+    other = _post(_key(personas), _chat("kept text"))
+    assert RequestLog.objects.get(request_id=other["x-request-id"]).prompt is not None
