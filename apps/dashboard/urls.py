@@ -1,5 +1,7 @@
 from django.urls import include, path
 
+from apps.gateway import routing_views
+
 from . import views
 
 app_name = "dashboard"
@@ -10,7 +12,8 @@ urlpatterns = [
     path("usage/", include("apps.gateway.log_urls")),
     path("settings/providers/", include("apps.gateway.byok_urls")),
     path("billing/", include("apps.wallet.urls")),
-    path("routing/", views.coming_soon("routing"), name="routing"),
+    path("routing/policies/", include("apps.gateway.policy_urls")),
+    path("routing/", routing_views.routing_status, name="routing"),
     path("recommendations/", views.coming_soon("recommendations"), name="recommendations"),
     path("keys/", views.api_keys, name="api_keys"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),

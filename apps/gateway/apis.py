@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -18,9 +19,11 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import ApiKey
 from apps.wallet.models import format_usd
+from llmwise.errors import ApplicationError
 
 from . import selectors
 from .models import RequestLog
+from .routing import health
 
 REQUESTS_PAGE_DEFAULT = 20
 REQUESTS_PAGE_MAX = 100
@@ -234,5 +237,105 @@ class RequestListApi(APIView):
                 "data": RequestSummarySerializer(rows, many=True).data,
                 "has_more": page.has_more,
                 "next_cursor": page.next_cursor,
+            }
+        )
+
+
+# --- provider health --------------------------------------------------------------------------
+
+
+def provider_health_data(row: health.TargetHealth) -> dict[str, Any]:
+    """One provider+model's live health as the API (and the status page) shows it."""
+    return {
+        "provider": row.provider,
+        "model": row.model,
+        "state": row.state.value,
+        "error_rate": row.error_rate,
+        "calls": row.calls,
+        "failures": row.errors,
+        "latency_ms": {"p50": row.p50_ms, "p95": row.p95_ms},
+        "open_until": row.open_until,
+        "cooldown_until": row.cooldown_until,
+        "last_failure": (
+            {"at": row.last_failure_at, "code": row.last_failure_code}
+            if row.last_failure_at is not None
+            else None
+        ),
+    }
+
+
+class HealthUnavailable(ApplicationError):
+    status_code = 503
+    error_type = "api_error"
+    code = "health_unavailable"
+
+
+class _LatencySerializer(serializers.Serializer):
+    p50 = serializers.IntegerField(allow_null=True)
+    p95 = serializers.IntegerField(allow_null=True)
+
+
+class _FailureSerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    code = serializers.CharField()
+
+
+class ProviderHealthApi(APIView):
+    """Live health of every model the calling key may use: breaker state, error rate and latency
+    over the rolling window, from the gateway's own traffic (all organizations' calls: health is
+    about the providers, and no tenant's data is in it)."""
+
+    @extend_schema_serializer(component_name="ProviderHealth")
+    class OutputSerializer(serializers.Serializer):
+        provider = serializers.CharField()
+        model = serializers.CharField()
+        state = serializers.ChoiceField(choices=[s.value for s in health.BreakerState])
+        error_rate = serializers.FloatField(
+            allow_null=True, help_text="Failed share of the calls in the window; null without."
+        )
+        calls = serializers.IntegerField()
+        failures = serializers.IntegerField(help_text="Calls in the window that failed.")
+        latency_ms = _LatencySerializer(
+            help_text="Of successful calls (time to first byte "
+            "for streams), interpolated from a histogram."
+        )
+        open_until = serializers.DateTimeField(allow_null=True)
+        cooldown_until = serializers.DateTimeField(
+            allow_null=True, help_text="The provider is skipped until then after sustained 429s."
+        )
+        last_failure = _FailureSerializer(allow_null=True)
+
+    OUTPUT_SCHEMA = inline_serializer(
+        name="ProviderHealthList",
+        fields={
+            "object": serializers.CharField(),
+            "window_seconds": serializers.FloatField(),
+            "data": OutputSerializer(many=True),
+        },
+    )
+
+    @extend_schema(
+        operation_id="health_providers",
+        responses=OUTPUT_SCHEMA,
+        summary="Live health of each provider and model",
+        description=(
+            "`state`: `closed` (taking traffic), `open` (skipped by failover chains until "
+            "`open_until`), `half_open` (one probe call decides). Error rate, call counts and "
+            "p50/p95 latency (successful calls) cover the last `window_seconds`."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        key = _calling_key(request)
+        try:
+            rows = health.catalog_health(allowed_models=key.allowed_models)
+        except health.COUNTER_ERRORS as exc:
+            raise HealthUnavailable("Provider health is unavailable right now.") from exc
+        return Response(
+            {
+                "object": "list",
+                "window_seconds": float(settings.GATEWAY_MESH_WINDOW_SECONDS),
+                "data": self.OutputSerializer(
+                    [provider_health_data(row) for row in rows], many=True
+                ).data,
             }
         )

@@ -1,7 +1,14 @@
 """The call service: one chat request, from catalog lookup to settled money and a log row.
 
-    resolve model → check the key → reserve (one transaction) → call the provider
+    resolve the chain → check the key → reserve (one transaction) → call the provider(s)
     → settle + log (one transaction)
+
+A request names one model, optionally followed by fallbacks (``ChatInput.fallbacks``) or
+``mesh`` (the default alternatives of its tier): :mod:`.routing.mesh` walks that chain, skipping
+models whose circuit breaker is open and moving on after retryable failures, before any byte of
+the answer went out. Money: **one reservation per request**, sized for the most expensive
+platform-billed member of the chain, **settled once** for the attempt that answered; failed
+attempts produced nothing and cost nothing. Every attempt is in ``route.attempts``.
 
 Every path out of :func:`chat_call` after the reservation — success, provider error, a bug, or a
 cancelled client — settles or releases the hold and writes the request log, so no reservation is
@@ -27,7 +34,7 @@ from apps.wallet import services as wallet
 from apps.wallet.models import Reservation
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
-from .credentials import Credential, credential_for
+from .credentials import credential_for
 from .limits import Admission, LimitsSnapshot, limits_admit, limits_record, limits_release
 from .models import CatalogModel, RequestLog
 from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros, usage_estimate
@@ -40,6 +47,8 @@ from .providers.base import (
     Usage,
 )
 from .providers.registry import provider_adapter
+from .routing import health
+from .routing.mesh import ChainRun, Member, mesh_alternatives
 from .selectors import acatalog_resolve
 
 # A hold outlives the longest call we allow; the sweeper frees it if this process dies.
@@ -51,7 +60,11 @@ CALL_ABORTED = ApplicationError("The call did not complete.", code="call_aborted
 
 @dataclass(frozen=True)
 class ChatInput:
-    """A validated chat request in our own terms, whatever API format it arrived in."""
+    """A validated chat request in our own terms, whatever API format it arrived in.
+
+    ``fallbacks`` are tried in order after ``model`` on retryable failures; ``mesh`` without
+    fallbacks asks for the default alternatives of the model's tier.
+    """
 
     model: str
     messages: tuple[ChatMessage, ...]
@@ -61,6 +74,8 @@ class ChatInput:
     stop: tuple[str, ...] | None = None
     stream: bool = False
     user: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    mesh: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,18 +103,18 @@ def _elapsed_ms(since: float) -> int:
     return int((time.perf_counter() - since) * 1000)
 
 
-async def resolve_model(*, api_key: ApiKey, model_id: str) -> CatalogModel:
+async def resolve_model(*, api_key: ApiKey, model_id: str, param: str = "model") -> CatalogModel:
     """The enabled catalog model for ``model_id`` that this key may use (404 / 403 otherwise)."""
     model = await acatalog_resolve(model_id=model_id)
     if model is None:
         raise NotFound(
             f"The model {model_id!r} does not exist. GET /v1/models lists the models.",
             code="model_not_found",
-            param="model",
+            param=param,
         )
     if api_key.allowed_models and model.id not in api_key.allowed_models:
         raise NotPermitted(
-            f"This API key may not use {model.id!r}.", code="model_not_allowed", param="model"
+            f"This API key may not use {model.id!r}.", code="model_not_allowed", param=param
         )
     return model
 
@@ -124,6 +139,7 @@ def _log(
     http_status: int,
     started: float,
     upstream_ms: int,
+    route: dict[str, Any],
     result: ChatResult | None = None,
     cost: int = 0,
     error: ApplicationError | None = None,
@@ -154,7 +170,7 @@ def _log(
         byok=byok,
         latency_ms=_elapsed_ms(started),
         upstream_ms=upstream_ms,
-        route={"requested": chat.model, "chosen": model.id, "reason": "requested"},
+        route=route,
         prompt=[{"role": m.role, "content": m.content} for m in chat.messages]
         if keep_text
         else None,
@@ -166,23 +182,24 @@ def _log(
 def _settle(*, reservation: Reservation | None, cost: int, usage: Usage, **log: Any) -> None:
     """Charge and log in one transaction: the log row exists exactly when the money moved.
 
-    ``reservation`` is None for a BYOK call: nothing is charged, the cost is logged as would-be.
+    A BYOK answer (``log["byok"]``) charges nothing: the hold, if the chain had platform-billed
+    members and so made one, is released and the cost is logged as would-be.
     """
     with transaction.atomic():
-        if reservation is None:
-            _log(cost=cost, **log)
-            return
-        wallet.reservation_settle(
-            reservation=reservation,
-            actual_micros=cost,
-            usage={
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "reasoning_tokens": usage.reasoning_tokens,
-                "estimated": usage.estimated,
-            },
-        )
+        if reservation is not None and log.get("byok"):
+            wallet.reservation_release(reservation=reservation)
+        elif reservation is not None:
+            wallet.reservation_settle(
+                reservation=reservation,
+                actual_micros=cost,
+                usage={
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "cached_tokens": usage.cached_tokens,
+                    "reasoning_tokens": usage.reasoning_tokens,
+                    "estimated": usage.estimated,
+                },
+            )
         _log(cost=cost, **log)
 
 
@@ -206,103 +223,145 @@ def _after_response(write: Any, **kwargs: Any) -> None:
 class _Prepared:
     """What both call shapes share once the request is accepted and credit is held."""
 
-    model: CatalogModel
-    reservation: Reservation | None  # None: BYOK, nothing held
-    credential: Credential
-    upstream: ChatRequest
-    log: dict[str, Any]
+    chain: list[Member]
+    reservation: Reservation | None  # None: nothing held (every member is BYOK)
+    log: dict[str, Any]  # _log's arguments that do not depend on the answering member
     admission: Admission
 
+    @property
+    def primary(self) -> Member:
+        return self.chain[0]
 
-async def _prepare(
-    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str, started: float
-) -> _Prepared:
-    model = await resolve_model(api_key=api_key, model_id=chat.model)
-    max_tokens = chat.max_tokens if chat.max_tokens is not None else model.default_max_tokens
-    if max_tokens > model.max_output_tokens:
-        raise ApplicationError(
-            f"max_tokens may be at most {model.max_output_tokens} for {model.id}.",
-            code="max_tokens_too_large",
-            param="max_tokens",
+    def log_for(self, run: ChainRun, chat: ChatInput, *, answered: bool) -> dict[str, Any]:
+        """_log's arguments once the walk ended: the answering member, else the last tried."""
+        member = run.last or self.primary
+        return {
+            **self.log,
+            "model": member.model,
+            "byok": member.byok,
+            "upstream_ms": run.upstream_ms,
+            "route": run.route(requested=chat.model, chosen=member.model if answered else None),
+        }
+
+
+async def _chain_models(*, api_key: ApiKey, chat: ChatInput) -> list[CatalogModel]:
+    """The requested model and its fallbacks, resolved and checked, duplicates dropped."""
+    primary = await resolve_model(api_key=api_key, model_id=chat.model)
+    models = [primary]
+    if chat.fallbacks:
+        for index, model_id in enumerate(chat.fallbacks):
+            model = await resolve_model(
+                api_key=api_key, model_id=model_id, param=f"fallbacks.{index}"
+            )
+            if all(model.id != m.id for m in models):
+                models.append(model)
+    elif chat.mesh:
+        models += await mesh_alternatives(
+            model=primary, api_key=api_key, max_tokens=chat.max_tokens
         )
-    prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
-    admission = await limits_admit(
-        api_key=api_key, prompt_tokens=prompt_tokens, max_tokens=max_tokens, model=model
-    )
-    try:
-        credential = await credential_for(org=api_key.organization, provider=model.provider)
-        reservation = None
-        if not credential.byok:
-            hold = reservation_micros(
-                model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+    for index, model in enumerate(models):
+        max_tokens = chat.max_tokens if chat.max_tokens is not None else model.default_max_tokens
+        if max_tokens > model.max_output_tokens:
+            raise ApplicationError(
+                f"max_tokens may be at most {model.max_output_tokens} for {model.id}"
+                + (" (a fallback of this request)." if index else "."),
+                code="max_tokens_too_large",
+                param="max_tokens",
             )
-            reservation = await sync_to_async(_reserve)(
-                api_key=api_key, amount_micros=hold, request_id=request_id
-            )
-    except BaseException:
-        # Refused after admission (no credit, no provider key): give back the limit holds.
-        await asyncio.shield(limits_release(api_key=api_key, admission=admission))
-        raise
-    upstream = ChatRequest(
+    return models
+
+
+def _upstream(chat: ChatInput, model: CatalogModel) -> ChatRequest:
+    return ChatRequest(
         upstream_model=model.upstream_name,
         messages=chat.messages,
-        max_tokens=max_tokens,
+        max_tokens=chat.max_tokens if chat.max_tokens is not None else model.default_max_tokens,
         temperature=chat.temperature,
         top_p=chat.top_p,
         stop=chat.stop,
         stream=chat.stream,
         user=chat.user,
     )
+
+
+async def _prepare(
+    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str, started: float
+) -> _Prepared:
+    models = await _chain_models(api_key=api_key, chat=chat)
+    prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
+    upstreams = [_upstream(chat, model) for model in models]
+
+    def worst(index: int) -> int:
+        return reservation_micros(
+            model=models[index], prompt_tokens=prompt_tokens, max_tokens=upstreams[index].max_tokens
+        )
+
+    # Limits hold the worst case of the chain: whichever member answers, it fits.
+    costliest = max(range(len(models)), key=worst)
+    admission = await limits_admit(
+        api_key=api_key,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max(u.max_tokens or 0 for u in upstreams),
+        model=models[costliest],
+    )
+    try:
+        credentials = {}
+        for provider in dict.fromkeys(m.provider for m in models):
+            credentials[provider] = await credential_for(
+                org=api_key.organization, provider=provider
+            )
+        chain = [
+            Member(model=m, credential=credentials[m.provider], upstream=u)
+            for m, u in zip(models, upstreams, strict=True)
+        ]
+        # One hold per request, covering the costliest member we would pay for: BYOK members
+        # cost the wallet nothing, so a chain of them holds nothing at all.
+        billed = [worst(i) for i, member in enumerate(chain) if not member.byok]
+        reservation = None
+        if billed:
+            reservation = await sync_to_async(_reserve)(
+                api_key=api_key, amount_micros=max(billed), request_id=request_id
+            )
+    except BaseException:
+        # Refused after admission (no credit, no provider key): give back the limit holds.
+        await asyncio.shield(limits_release(api_key=api_key, admission=admission))
+        raise
     log: dict[str, Any] = {
         "api_key": api_key,
         "chat": chat,
         "request_id": request_id,
         "endpoint": endpoint,
-        "model": model,
         "started": started,
-        "byok": credential.byok,
     }
-    return _Prepared(
-        model=model,
-        reservation=reservation,
-        credential=credential,
-        upstream=upstream,
-        log=log,
-        admission=admission,
-    )
+    return _Prepared(chain=chain, reservation=reservation, log=log, admission=admission)
 
 
-def _route(chat: ChatInput, model: CatalogModel) -> dict[str, Any]:
-    return {"requested": chat.model, "chosen": model.id, "reason": "requested"}
+async def _complete(member: Member) -> ChatResult:
+    adapter = provider_adapter(member.model.provider, byok=member.byok)
+    return await adapter.complete(member.upstream, api_key=member.credential.secret)
 
 
 async def chat_call(
     *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
 ) -> ChatOutcome:
-    """Run one non-streaming chat call, billed to the key's organization."""
+    """Run one non-streaming chat call (failing over along its chain), billed to the key's
+    organization for the attempt that answered."""
     started = time.perf_counter()
     prepared = await _prepare(
         api_key=api_key, chat=chat, request_id=request_id, endpoint=endpoint, started=started
     )
-    model, reservation, log = prepared.model, prepared.reservation, prepared.log
-    upstream_started = time.perf_counter()
+    reservation = prepared.reservation
+    run = ChainRun(prepared.chain)
     try:
-        result = await provider_adapter(model.provider, byok=prepared.credential.byok).complete(
-            prepared.upstream, api_key=prepared.credential.secret
-        )
-    except ProviderError as exc:
-        # With the customer's own key, a refused key or an empty quota is theirs to fix.
-        error = exc.as_byok() if prepared.credential.byok else exc
+        member, result = await run.until_answer(_complete)
+    except ApplicationError as exc:
         await sync_to_async(_release)(
             reservation=reservation,
-            http_status=error.status,
-            upstream_ms=_elapsed_ms(upstream_started),
-            error=error,
-            **log,
+            http_status=exc.status_code,
+            error=exc,
+            **prepared.log_for(run, chat, answered=False),
         )
         await limits_release(api_key=api_key, admission=prepared.admission)
-        if error is not exc:
-            raise error from exc
         raise
     except BaseException:
         # Cancelled (client went away) or a bug: nothing usable came back, free the hold.
@@ -310,25 +369,31 @@ async def chat_call(
             sync_to_async(_release)(
                 reservation=reservation,
                 http_status=CLIENT_CLOSED_STATUS,
-                upstream_ms=_elapsed_ms(upstream_started),
                 error=CALL_ABORTED,
-                **log,
+                **prepared.log_for(run, chat, answered=False),
             )
         )
         raise
-    upstream_ms = _elapsed_ms(upstream_started)
+    latency = _elapsed_ms(run.answered_at)
+    run.answered(member, latency)
+    assert run.gate is not None  # noqa: S101 - set by the answering attempt
+    await health.attempt_record(run.gate, error=None, latency_ms=latency, byok=member.byok)
+    model = member.model
     cost = cost_micros(model=model, usage=result.usage)
+    log = prepared.log_for(run, chat, answered=True)
     await sync_to_async(_settle)(
         reservation=reservation,
         cost=cost,
         usage=result.usage,
         http_status=200,
-        upstream_ms=upstream_ms,
         result=result,
         **log,
     )
     await limits_record(
-        api_key=api_key, usage=result.usage, cost_micros=cost, admission=prepared.admission
+        api_key=api_key,
+        usage=result.usage,
+        cost_micros=cost,
+        admission=prepared.admission,
     )
     return ChatOutcome(
         request_id=request_id,
@@ -336,17 +401,19 @@ async def chat_call(
         result=result,
         cost_micros=cost,
         latency_ms=_elapsed_ms(started),
-        upstream_ms=upstream_ms,
-        route=_route(chat, model),
+        upstream_ms=run.upstream_ms,
+        route=log["route"],
         limits=prepared.admission.snapshot,
-        byok=prepared.credential.byok,
+        byok=member.byok,
     )
 
 
 @dataclass
 class ChatStream:
-    """An accepted streaming call: ``model`` is known and credit is held; iterate ``events``.
+    """An accepted streaming call: credit is held; iterate ``events``.
 
+    ``model``, ``byok`` and ``route`` describe the requested model until the first event has been
+    pulled; from then on the member of the chain that answers (failover happens before it).
     However the iteration ends — the final event, an upstream error, or the client going away
     (the generator is closed or cancelled) — the call is settled for the text that was streamed
     (provider-reported usage when there is one, an estimate marked as such otherwise) and logged.
@@ -364,64 +431,102 @@ class ChatStream:
 async def chat_stream(
     *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
 ) -> ChatStream:
-    """Accept a streaming call (errors before the stream raise here, as for :func:`chat_call`)."""
+    """Accept a streaming call (errors before the stream raise here, as for :func:`chat_call`;
+    upstream failures before the first event raise from the first ``anext`` of ``events``)."""
     started = time.perf_counter()
     prepared = await _prepare(
         api_key=api_key, chat=chat, request_id=request_id, endpoint=endpoint, started=started
     )
-    outcome: dict[str, Any] = {}
-    return ChatStream(
+    primary = prepared.primary
+    stream = ChatStream(
         request_id=request_id,
-        model=prepared.model,
-        events=_stream_events(prepared, chat, outcome),
-        route=_route(chat, prepared.model),
-        outcome=outcome,
+        model=primary.model,
+        # Set just below: the generator updates the stream it belongs to.
+        events=cast(AsyncIterator[StreamEvent], None),
+        route={"requested": chat.model, "chosen": primary.model.id, "reason": "requested"},
         limits=prepared.admission.snapshot,
-        byok=prepared.credential.byok,
+        byok=primary.byok,
     )
+    stream.events = _stream_events(stream, prepared, chat)
+    return stream
+
+
+async def _stream_open(member: Member) -> tuple[AsyncGenerator[StreamEvent, None], StreamEvent]:
+    """Start one member's stream and wait for its first event: the point of no return."""
+    adapter = provider_adapter(member.model.provider, byok=member.byok)
+    upstream = cast(
+        AsyncGenerator[StreamEvent, None],
+        adapter.stream(member.upstream, api_key=member.credential.secret),
+    )
+    try:
+        first = await anext(upstream)
+    except StopAsyncIteration:
+        # Adapters end every stream with a final event or an error; an empty one is broken.
+        await upstream.aclose()
+        raise ProviderError(
+            f"{member.model.provider} ended the stream without any event.",
+            provider=member.model.provider,
+            status=502,
+            error_type="upstream_error",
+            code="upstream_invalid_response",
+            retryable=True,
+        ) from None
+    except BaseException:
+        await upstream.aclose()
+        raise
+    return upstream, first
 
 
 async def _stream_events(
-    prepared: _Prepared, chat: ChatInput, outcome: dict[str, Any]
+    stream: ChatStream, prepared: _Prepared, chat: ChatInput
 ) -> AsyncIterator[StreamEvent]:
-    model, reservation, log = prepared.model, prepared.reservation, prepared.log
+    reservation, outcome = prepared.reservation, stream.outcome
+    run = ChainRun(prepared.chain)
     texts: list[str] = []
     finish_reason = ""
     usage: Usage | None = None
     error: ApplicationError | None = None
-    upstream_started = time.perf_counter()
+    member: Member | None = None
     try:
-        upstream = cast(
-            AsyncGenerator[StreamEvent, None],
-            provider_adapter(model.provider, byok=prepared.credential.byok).stream(
-                prepared.upstream, api_key=prepared.credential.secret
-            ),
-        )
+        member, (upstream, first) = await run.until_answer(_stream_open)
+        latency = _elapsed_ms(run.answered_at)
+        run.answered(member, latency)
+        assert run.gate is not None  # noqa: S101 - set by the answering attempt
+        # In the background: the first byte to the client must not wait for the counters.
+        health.attempt_record_later(run.gate, error=None, latency_ms=latency, byok=member.byok)
+        stream.model, stream.byok = member.model, member.byok
+        stream.route.clear()
+        stream.route.update(run.route(requested=chat.model, chosen=member.model))
         async with aclosing(upstream) as events:
-            async for event in events:
+            event: StreamEvent | None = first
+            while event is not None:
                 if event.text:
                     texts.append(event.text)
                 if event.finish_reason is not None:
                     finish_reason = event.finish_reason
                     usage = event.usage
                 yield event
+                event = await anext(events, None)
     except ProviderError as exc:
-        error = exc.as_byok() if prepared.credential.byok else exc
+        # After the first event (mid-stream): no failover, the answer already started.
+        error = exc.as_byok() if member is not None and member.byok else exc
         if error is not exc:
             raise error from exc
+        raise
+    except ApplicationError as exc:  # every member failed (or a non-retryable first error)
+        error = exc
         raise
     except BaseException:
         error = CALL_ABORTED
         raise
     finally:
         streamed = "".join(texts)
-        if usage is None and (streamed or error is None):
+        if member is not None and usage is None and (streamed or error is None):
             usage = usage_estimate(messages=chat.messages, completion_text=streamed)
         settle: dict[str, Any] = {
             "reservation": reservation,
-            "upstream_ms": _elapsed_ms(upstream_started),
             "error": error,
-            **log,
+            **prepared.log_for(run, chat, answered=member is not None),
         }
         if error is None:
             settle["http_status"] = 200
@@ -429,10 +534,12 @@ async def _stream_events(
             settle["http_status"] = CLIENT_CLOSED_STATUS
         else:
             settle["http_status"] = error.status_code
-        if usage is None:  # failed before any text: the call never happened for the customer
+        api_key = prepared.log["api_key"]
+        if usage is None or member is None:  # failed before any text: nothing happened
             await asyncio.shield(sync_to_async(_after_response)(_release, **settle))
-            await limits_release(api_key=log["api_key"], admission=prepared.admission)
+            await limits_release(api_key=api_key, admission=prepared.admission)
         else:
+            model = member.model
             cost = cost_micros(model=model, usage=usage)
             result = ChatResult(
                 text=streamed,
@@ -448,5 +555,8 @@ async def _stream_events(
             )
             outcome.update(cost_micros=cost, usage=usage)
             await limits_record(
-                api_key=log["api_key"], usage=usage, cost_micros=cost, admission=prepared.admission
+                api_key=api_key,
+                usage=usage,
+                cost_micros=cost,
+                admission=prepared.admission,
             )

@@ -192,3 +192,207 @@ class ProviderKey(models.Model):
     @property
     def masked(self) -> str:
         return f"••••{self.suffix}"
+
+
+class RoutingPolicy(models.Model):
+    """An organization's named routing policy (``docs/routing.md`` § Routing policies).
+
+    The rules themselves live in immutable :class:`RoutingPolicyVersion` rows; ``current_version``
+    points at the one in force. The name is the policy's handle everywhere (requests select it
+    with ``"policy": "<name>"``, other policies ``extends`` it), so it never changes after
+    creation. At most one policy per organization is the default.
+    """
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="routing_policies"
+    )
+    name = models.SlugField(max_length=60)
+    description = models.CharField(max_length=300, blank=True)
+    is_default = models.BooleanField(default=False)
+    # SET_NULL only so deleting the policy (which cascades to its versions) never trips over
+    # this back-reference; a live policy always has a current version.
+    current_version = models.ForeignKey(
+        "RoutingPolicyVersion",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+        verbose_name_plural = "routing policies"
+        constraints = (
+            models.UniqueConstraint(
+                fields=["organization", "name"], name="routing_policy_name_unique_per_org"
+            ),
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=models.Q(is_default=True),
+                name="routing_policy_one_default_per_org",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RoutingPolicyVersion(models.Model):
+    """One saved document of a policy. Never updated: an edit or a rollback adds a version."""
+
+    policy = models.ForeignKey(RoutingPolicy, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    document = models.JSONField()
+    note = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("policy", "-number")
+        constraints = (
+            models.UniqueConstraint(
+                fields=["policy", "number"], name="routing_policy_version_unique_number"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.policy_id} v{self.number}"
+
+
+class ApiKeyPolicyPin(models.Model):
+    """An API key pinned to a routing policy of its organization.
+
+    Kept on the gateway side because accounts must not import the gateway (ARCHITECTURE §1).
+    """
+
+    api_key = models.OneToOneField(
+        "accounts.ApiKey", on_delete=models.CASCADE, related_name="policy_pin"
+    )
+    policy = models.ForeignKey(RoutingPolicy, on_delete=models.CASCADE, related_name="pins")
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} → {self.policy_id}"
+
+
+# --- analytics rollups ------------------------------------------------------------------------
+# A fixed log-scale latency histogram: bucket i holds latencies in [edge(i-1), edge(i)) with
+# edge(i) = 2 ** (i / LATENCY_BUCKETS_PER_DOUBLING) ms, so each bucket is ~19% wide and a
+# percentile read at the bucket's geometric middle is within ~9% of the truth. Bucket 0 is
+# everything under 1 ms; the last bucket is everything from 2**20 ms (~17 minutes) up.
+LATENCY_BUCKETS_PER_DOUBLING = 4
+LATENCY_BUCKET_COUNT = 20 * LATENCY_BUCKETS_PER_DOUBLING + 2
+
+
+class UsageRollup(models.Model):
+    """Aggregated request-log metrics for one organization, time bucket and dimension tuple.
+
+    Written only by :func:`apps.gateway.rollups.rollups_update` (incrementally, in request-log id
+    order) and read by :mod:`apps.gateway.analytics`, so no page ever scans the raw log. Each log
+    row counts once in its hour bucket and once in its day bucket (UTC).
+
+    ``latency_histogram`` is sparse: ``{"<bucket index>": count}`` over the buckets described by
+    ``LATENCY_BUCKET_COUNT``; only non-empty buckets are stored.
+    """
+
+    class Granularity(models.TextChoices):
+        HOUR = "hour", "Hour"
+        DAY = "day", "Day"
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_rollups"
+    )
+    bucket_start = models.DateTimeField()
+    granularity = models.CharField(max_length=4, choices=Granularity.choices)
+    model = models.CharField(max_length=MODEL_ID_MAX_LENGTH, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    # A plain id rather than a foreign key: history outlives keys, and the rollup must never
+    # make deleting a key (or the hot path's inserts) wait on it. Null: no key (e.g. playground).
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    category = models.CharField(max_length=40, blank=True)
+    byok = models.BooleanField(default=False)
+
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0, help_text="Cost, would-be cost for BYOK.")
+    charged_micros = models.BigIntegerField(default=0, help_text="Charged to the wallet.")
+    latency_ms_sum = models.BigIntegerField(default=0)
+    upstream_ms_sum = models.BigIntegerField(default=0)
+    latency_histogram = models.JSONField(default=dict, blank=True)
+    estimated_usage = models.BigIntegerField(default=0)
+    # Savings from auto-routing: requests that asked for "auto", what they cost, and what the
+    # same tokens would have cost on the catalog's most expensive enabled frontier model.
+    auto_requests = models.BigIntegerField(default=0)
+    auto_cost_micros = models.BigIntegerField(default=0)
+    frontier_cost_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        # NULL is distinct from NULL in a plain unique constraint, so the tuple is unique through
+        # two partial constraints: one for rows with a key, one for rows without.
+        constraints = (
+            models.UniqueConstraint(
+                fields=[
+                    "organization",
+                    "granularity",
+                    "bucket_start",
+                    "model",
+                    "provider",
+                    "api_key_id",
+                    "category",
+                    "byok",
+                ],
+                condition=models.Q(api_key_id__isnull=False),
+                name="usage_rollup_unique_with_key",
+            ),
+            models.UniqueConstraint(
+                fields=[
+                    "organization",
+                    "granularity",
+                    "bucket_start",
+                    "model",
+                    "provider",
+                    "category",
+                    "byok",
+                ],
+                condition=models.Q(api_key_id__isnull=True),
+                name="usage_rollup_unique_without_key",
+            ),
+        )
+        indexes = (
+            models.Index(
+                fields=["organization", "granularity", "bucket_start"],
+                name="usage_rollup_org_range",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.granularity} {self.bucket_start:%Y-%m-%d %H:%M}"
+
+
+class RollupCursor(models.Model):
+    """How far a rollup job has read the request log: every row with ``id <= last_id`` is in.
+
+    One row per job name. Locked (``SELECT ... FOR UPDATE``) while a batch is applied, which is
+    what makes two concurrent runs safe: the rollups and the cursor move in one transaction.
+    """
+
+    name = models.CharField(primary_key=True, max_length=40)
+    last_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.last_id}"

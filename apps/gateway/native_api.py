@@ -37,7 +37,18 @@ ENDPOINT: Final = "native.chat"
 AUTO_MODEL: Final = "auto"
 ROLES: Final = ("system", "user", "assistant")
 FIELDS: Final = frozenset(
-    {"model", "messages", "stream", "max_tokens", "temperature", "top_p", "stop", "user"}
+    {
+        "model",
+        "messages",
+        "stream",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "user",
+        "fallbacks",  # failover chain (docs/routing.md)
+        "mesh",
+    }
 )
 MESSAGE_FIELDS: Final = frozenset({"role", "content"})
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -144,6 +145,7 @@ def parse_openai_chat(body: dict[str, Any]) -> calls.ChatInput:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("user must be a string.", "user")
+    fallbacks, mesh = _parse_mesh(body)
     return calls.ChatInput(
         model=model.strip(),
         messages=tuple(messages),
@@ -153,7 +155,32 @@ def parse_openai_chat(body: dict[str, Any]) -> calls.ChatInput:
         stop=tuple(stop) if stop else None,
         stream=stream,
         user=user,
+        fallbacks=fallbacks,
+        mesh=mesh,
     )
+
+
+def _parse_mesh(body: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
+    """LLMWise's failover fields: ``fallbacks`` (model ids tried in order after ``model`` on a
+    retryable failure) and ``mesh`` (true: the default alternatives of the model's tier).
+    Whether the models exist is the call service's to say (404 naming the model)."""
+    raw = body.get("fallbacks")
+    fallbacks: tuple[str, ...] = ()
+    if raw is not None:
+        if not isinstance(raw, list) or not all(isinstance(m, str) and m.strip() for m in raw):
+            raise _bad("fallbacks must be a list of model ids.", "fallbacks")
+        fallbacks = tuple(m.strip() for m in raw)
+        longest: int = settings.GATEWAY_MESH_MAX_CHAIN
+        if len(fallbacks) + 1 > longest:
+            raise _bad(
+                f"A chain may hold at most {longest} models: the model and up to "
+                f"{longest - 1} fallbacks ({len(fallbacks)} given).",
+                "fallbacks",
+            )
+    mesh = body.get("mesh", False)
+    if not isinstance(mesh, bool):
+        raise _bad("mesh must be true or false.", "mesh")
+    return fallbacks, mesh
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

@@ -267,6 +267,19 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 },
             },
             "user": {"type": "string", "description": "Your end-user id, passed upstream."},
+            "fallbacks": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": 4,
+                "description": "Models tried in order after `model` on a retryable upstream "
+                "failure, before any output (docs/routing.md). Unknown ids are a 404.",
+            },
+            "mesh": {
+                "type": "boolean",
+                "default": False,
+                "description": "Without `fallbacks`: fail over to the default alternatives of "
+                "the model's tier.",
+            },
         },
         "required": ["model", "messages"],
         "example": {
@@ -487,6 +500,19 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 ]
             },
             "user": {"type": "string", "description": "Your end-user id, passed upstream."},
+            "fallbacks": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": 4,
+                "description": "Models tried in order after `model` on a retryable upstream "
+                "failure, before any output (docs/routing.md). Unknown ids are a 404.",
+            },
+            "mesh": {
+                "type": "boolean",
+                "default": False,
+                "description": "Without `fallbacks`: fail over to the default alternatives of "
+                "the model's tier.",
+            },
         },
         "required": ["model", "messages"],
         "additionalProperties": False,
@@ -550,7 +576,13 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     "properties": {
                         "model": {"type": "string"},
                         "provider": {"type": "string"},
-                        "status": {"type": "string", "example": "ok"},
+                        "status": {
+                            "type": "string",
+                            "enum": ["ok", "error", "skipped"],
+                            "example": "ok",
+                        },
+                        "error_code": {"type": "string", "example": ""},
+                        "latency_ms": {"type": "integer"},
                     },
                 },
             },
@@ -892,7 +924,7 @@ NATIVE_STREAM_EXAMPLE: Final = (
     '"reasoning_tokens":0,"estimated":false},"cost":{"micros":3,"usd":"0.000003",'
     '"charged":true},"route":{"requested":"gpt-4o-mini","chosen":"gpt-4o-mini",'
     '"reason":"requested","attempts":[{"model":"gpt-4o-mini","provider":"openai",'
-    '"status":"ok"}]},"latency_ms":412}\n\n'
+    '"status":"ok","error_code":"","latency_ms":410}]},"latency_ms":412}\n\n'
 )
 
 

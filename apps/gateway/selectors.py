@@ -173,3 +173,53 @@ def request_log_of(*, org: Organization, request_id: str) -> RequestLog:
     if log is None:
         raise NotFound(f"No request {request_id!r} in this organization.", code="request_not_found")
     return log
+
+
+# --- the enabled catalog, cached in-process for the auto-router --------------------------------
+# ``model: "auto"`` looks at every enabled model on every request; a few seconds of staleness
+# (an admin's price edit or a newly disabled model showing up that much later) is worth not
+# querying the catalog on the hot path. Health, the part that changes by the second, is not
+# cached here: the auto-router asks ``routing.health.healthy`` per decision.
+CATALOG_CACHE_SECONDS = 5.0
+_catalog_cache: tuple[datetime, tuple[CatalogModel, ...]] | None = None
+
+
+def _catalog_cached_fresh(max_age_seconds: float) -> tuple[CatalogModel, ...] | None:
+    cached = _catalog_cache
+    if cached is None:
+        return None
+    loaded_at, models = cached
+    if datetime.now(UTC) - loaded_at >= timedelta(seconds=max_age_seconds):
+        return None
+    return models
+
+
+def catalog_enabled_cached(
+    *, max_age_seconds: float = CATALOG_CACHE_SECONDS
+) -> tuple[CatalogModel, ...]:
+    """The enabled catalog (stable order, as :func:`catalog_list`), at most ``max_age_seconds``
+    old. The tuple is shared: treat the models as read-only."""
+    global _catalog_cache
+    models = _catalog_cached_fresh(max_age_seconds)
+    if models is None:
+        models = tuple(catalog_list())
+        _catalog_cache = (datetime.now(UTC), models)
+    return models
+
+
+async def acatalog_enabled_cached(
+    *, max_age_seconds: float = CATALOG_CACHE_SECONDS
+) -> tuple[CatalogModel, ...]:
+    """:func:`catalog_enabled_cached` for the async hot path (one query when stale)."""
+    global _catalog_cache
+    models = _catalog_cached_fresh(max_age_seconds)
+    if models is None:
+        models = tuple([model async for model in catalog_list()])
+        _catalog_cache = (datetime.now(UTC), models)
+    return models
+
+
+def catalog_cache_clear() -> None:
+    """Forget the cached catalog (tests that reseed it; an admin action that must be seen now)."""
+    global _catalog_cache
+    _catalog_cache = None

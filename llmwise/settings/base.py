@@ -403,3 +403,67 @@ SPECTACULAR_SETTINGS.update(
         },
     }
 )
+
+# --- routing ----------------------------------------------------------------------------------
+# Mesh failover and provider health (apps.gateway.routing.health, docs/routing.md). Health stats
+# and breakers live in the shared counters (GATEWAY_COUNTERS_BACKEND): Redis when configured, so
+# every worker and server process sees the same state; in-process memory otherwise.
+# Rolling window of the error rate and latency shown per provider+model, and of the breaker.
+GATEWAY_MESH_WINDOW_SECONDS: float = env.float("GATEWAY_MESH_WINDOW_SECONDS", default=30.0)
+# The breaker opens when at least MIN_CALLS calls in the window failed at ERROR_RATE or more.
+GATEWAY_MESH_BREAKER_MIN_CALLS: int = env.int("GATEWAY_MESH_BREAKER_MIN_CALLS", default=5)
+GATEWAY_MESH_BREAKER_ERROR_RATE: float = env.float("GATEWAY_MESH_BREAKER_ERROR_RATE", default=0.5)
+# The same rule also runs over this shorter window, so a busy model (many successes in the long
+# window) that starts failing outright is cut off within seconds, not after half the long window.
+GATEWAY_MESH_BREAKER_FAST_WINDOW_SECONDS: float = env.float(
+    "GATEWAY_MESH_BREAKER_FAST_WINDOW_SECONDS", default=5.0
+)
+# Open → half-open after this long; then exactly one probe call at a time decides.
+GATEWAY_MESH_BREAKER_COOLDOWN_SECONDS: float = env.float(
+    "GATEWAY_MESH_BREAKER_COOLDOWN_SECONDS", default=10.0
+)
+# A probe that never reports back (its process died) frees the probe slot after this long.
+GATEWAY_MESH_PROBE_TIMEOUT_SECONDS: float = env.float(
+    "GATEWAY_MESH_PROBE_TIMEOUT_SECONDS", default=30.0
+)
+# How long a process trusts its copy of a breaker's shared state (bounds how fast other
+# processes' trips and recoveries reach it; its own apply at once).
+GATEWAY_MESH_STATE_CACHE_SECONDS: float = env.float("GATEWAY_MESH_STATE_CACHE_SECONDS", default=1.0)
+# Sustained 429s from these providers (one account-wide rate limit) cool the whole provider down:
+# at least COUNT 429s within WINDOW seconds → skipped for max(COOLDOWN, Retry-After), at most MAX.
+GATEWAY_MESH_RATE_LIMIT_PROVIDERS: list[str] = env.list(
+    "GATEWAY_MESH_RATE_LIMIT_PROVIDERS", default=["openrouter"]
+)
+GATEWAY_MESH_RATE_LIMIT_COUNT: int = env.int("GATEWAY_MESH_RATE_LIMIT_COUNT", default=3)
+GATEWAY_MESH_RATE_LIMIT_WINDOW_SECONDS: float = env.float(
+    "GATEWAY_MESH_RATE_LIMIT_WINDOW_SECONDS", default=10.0
+)
+GATEWAY_MESH_RATE_LIMIT_COOLDOWN_SECONDS: float = env.float(
+    "GATEWAY_MESH_RATE_LIMIT_COOLDOWN_SECONDS", default=5.0
+)
+GATEWAY_MESH_RATE_LIMIT_COOLDOWN_MAX_SECONDS: float = env.float(
+    "GATEWAY_MESH_RATE_LIMIT_COOLDOWN_MAX_SECONDS", default=60.0
+)
+# Most models one request may chain (the requested model plus its fallbacks).
+GATEWAY_MESH_MAX_CHAIN: int = env.int("GATEWAY_MESH_MAX_CHAIN", default=5)
+# `"mesh": true` without an organization policy: the alternatives per tier, in order. An empty
+# list means "same-tier models of other providers from the catalog, cheapest first".
+GATEWAY_MESH_DEFAULT_CHAINS: dict[str, list[str]] = {
+    "budget": env.list("GATEWAY_MESH_CHAIN_BUDGET", default=[]),
+    "standard": env.list("GATEWAY_MESH_CHAIN_STANDARD", default=[]),
+    "frontier": env.list("GATEWAY_MESH_CHAIN_FRONTIER", default=[]),
+}
+
+# --- analytics --------------------------------------------------------------------------------
+# Usage rollups (apps.gateway.rollups, docs/analytics.md): the request log folded into hourly and
+# daily aggregates every minute; the Overview page reads only those. Rows younger than the lag
+# wait for the next run, so a row whose transaction commits out of id order is never skipped.
+ANALYTICS_ROLLUP_LAG_SECONDS: int = env.int("ANALYTICS_ROLLUP_LAG_SECONDS", default=10)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "gateway-rollups-update": {
+            "task": "apps.gateway.tasks.rollups_update_task",
+            "schedule": 60.0,
+        }
+    }
+)

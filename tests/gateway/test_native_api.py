@@ -116,11 +116,21 @@ def test_answer_carries_model_usage_cost_latency_and_route(personas: Personas) -
         "charged": True,
     }
     assert body["latency_ms"] >= 0
+    [attempt] = body["route"]["attempts"]
+    assert attempt["latency_ms"] >= 0
     assert body["route"] == {
         "requested": MODEL,
         "chosen": MODEL,
         "reason": "requested",
-        "attempts": [{"model": MODEL, "provider": "openai", "status": "ok"}],
+        "attempts": [
+            {
+                "model": MODEL,
+                "provider": "openai",
+                "status": "ok",
+                "error_code": "",
+                "latency_ms": attempt["latency_ms"],
+            }
+        ],
     }
     assert response["x-llmwise-model"] == MODEL
     assert response["x-llmwise-cost-micros"] == str(expected)
