@@ -19,6 +19,8 @@ from apps.accounts import selectors, services
 from apps.accounts.decorators import View, org_page
 from apps.accounts.middleware import SESSION_KEY, AuthedRequest, OrgRequest
 from apps.accounts.models import Role
+from apps.gateway import analytics
+from apps.gateway.rollups import rollups_last_run
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
 from .forms import ApiKeyCreateForm, InvitationForm, OrganizationForm, OrganizationSettingsForm
@@ -40,6 +42,11 @@ def overview(request: OrgRequest) -> HttpResponse:
         ("Create an API key", keys.exists()),
         ("Make your first API call", keys.filter(last_used_at__isnull=False).exists()),
     ]
+    # Unknown or mismatched values fall back to the defaults: a bad link never breaks the page.
+    window = analytics.analytics_window(
+        range_key=request.GET.get("range"), granularity=request.GET.get("granularity")
+    )
+    usage = analytics.usage_overview(org=org, window=window)
     return render(
         request,
         "dashboard/overview.html",
@@ -47,8 +54,47 @@ def overview(request: OrgRequest) -> HttpResponse:
             "checklist": checklist,
             "invitations": selectors.invitations_addressed_to(user=request.user),
             "nav": "overview",
+            "usage": usage,
+            "burn": analytics.burn_rate(org=org),
+            "ranges": [
+                (key, granularity)
+                for key, (_hours, allowed) in analytics.RANGES.items()
+                for granularity in allowed
+            ],
+            "chart_data": _overview_chart_data(usage),
+            "rollups_updated_at": rollups_last_run(),
         },
     )
+
+
+def _overview_chart_data(usage: analytics.UsageOverview) -> dict[str, object]:
+    """The charts' data, rendered with ``json_script`` and drawn by static/js/overview.js.
+
+    Money stays in integer micro-USD here; the script divides only to draw.
+    """
+    hourly = usage.window.granularity == analytics.HOUR
+    label_format = "%m-%d %H:00" if hourly else "%Y-%m-%d"
+    series = usage.series
+    return {
+        "labels": [point["bucket"].strftime(label_format) for point in series],
+        "requests": [point["requests"] for point in series],
+        "errors": [point["errors"] for point in series],
+        "error_percent": [round(point["error_percent"], 2) for point in series],
+        "charged_micros": [point["charged_micros"] for point in series],
+        "cost_micros": [point["cost_micros"] for point in series],
+        "prompt_tokens": [point["prompt_tokens"] for point in series],
+        "completion_tokens": [point["completion_tokens"] for point in series],
+        "p50_ms": [point["p50_ms"] for point in series],
+        "p95_ms": [point["p95_ms"] for point in series],
+        "models": {
+            "labels": [row["model"] for row in usage.models],
+            "requests": [row["requests"] for row in usage.models],
+            "cost_micros": [row["cost_micros"] for row in usage.models],
+            "error_percent": [round(row["error_percent"], 2) for row in usage.models],
+            "p50_ms": [row["p50_ms"] for row in usage.models],
+            "p95_ms": [row["p95_ms"] for row in usage.models],
+        },
+    }
 
 
 @require_POST
