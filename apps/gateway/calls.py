@@ -144,6 +144,7 @@ def _log(
     cost: int = 0,
     error: ApplicationError | None = None,
     byok: bool = False,
+    parent_request_id: str = "",
 ) -> RequestLog:
     usage = result.usage if result is not None else Usage(0, 0)
     keep_text = api_key.retains_text  # the key's setting, else the organization's
@@ -151,6 +152,7 @@ def _log(
         organization_id=api_key.organization_id,
         api_key=api_key,
         request_id=request_id,
+        parent_request_id=parent_request_id,
         endpoint=endpoint,
         requested_model=chat.model,
         model=model.id,
@@ -284,8 +286,39 @@ def _upstream(chat: ChatInput, model: CatalogModel) -> ChatRequest:
     )
 
 
+async def hold_estimate(*, api_key: ApiKey, chat: ChatInput) -> int:
+    """What :func:`chat_call` would hold for ``chat`` (0 when every member is BYOK), without
+    holding anything: a fan-out (orchestration) reserves the sum of these up front."""
+    models = await _chain_models(api_key=api_key, chat=chat)
+    prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
+    billed = []
+    for model in models:
+        credential = await credential_for(org=api_key.organization, provider=model.provider)
+        if not credential.byok:
+            upstream = _upstream(chat, model)
+            billed.append(
+                reservation_micros(
+                    model=model, prompt_tokens=prompt_tokens, max_tokens=upstream.max_tokens
+                )
+            )
+    return max(billed, default=0)
+
+
+def _split(*, parent_hold: Reservation, amount_micros: int, request_id: str) -> Reservation:
+    return wallet.reservation_split(
+        parent=parent_hold, request_id=request_id, amount_micros=amount_micros
+    )
+
+
 async def _prepare(
-    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str, started: float
+    *,
+    api_key: ApiKey,
+    chat: ChatInput,
+    request_id: str,
+    endpoint: str,
+    started: float,
+    parent_hold: Reservation | None = None,
+    parent_request_id: str = "",
 ) -> _Prepared:
     models = await _chain_models(api_key=api_key, chat=chat)
     prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
@@ -318,7 +351,12 @@ async def _prepare(
         # cost the wallet nothing, so a chain of them holds nothing at all.
         billed = [worst(i) for i, member in enumerate(chain) if not member.byok]
         reservation = None
-        if billed:
+        if billed and parent_hold is not None:
+            # Part of a fan-out: carve this call's hold out of the fan-out's single reservation.
+            reservation = await sync_to_async(_split)(
+                parent_hold=parent_hold, amount_micros=max(billed), request_id=request_id
+            )
+        elif billed:
             reservation = await sync_to_async(_reserve)(
                 api_key=api_key, amount_micros=max(billed), request_id=request_id
             )
@@ -332,6 +370,7 @@ async def _prepare(
         "request_id": request_id,
         "endpoint": endpoint,
         "started": started,
+        "parent_request_id": parent_request_id,
     }
     return _Prepared(chain=chain, reservation=reservation, log=log, admission=admission)
 
@@ -342,13 +381,26 @@ async def _complete(member: Member) -> ChatResult:
 
 
 async def chat_call(
-    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
+    *,
+    api_key: ApiKey,
+    chat: ChatInput,
+    request_id: str,
+    endpoint: str,
+    parent_hold: Reservation | None = None,
+    parent_request_id: str = "",
 ) -> ChatOutcome:
     """Run one non-streaming chat call (failing over along its chain), billed to the key's
-    organization for the attempt that answered."""
+    organization for the attempt that answered. ``parent_hold``: a fan-out's reservation to
+    carve this call's hold from, instead of reserving on its own."""
     started = time.perf_counter()
     prepared = await _prepare(
-        api_key=api_key, chat=chat, request_id=request_id, endpoint=endpoint, started=started
+        api_key=api_key,
+        chat=chat,
+        request_id=request_id,
+        endpoint=endpoint,
+        started=started,
+        parent_hold=parent_hold,
+        parent_request_id=parent_request_id,
     )
     reservation = prepared.reservation
     run = ChainRun(prepared.chain)
@@ -429,13 +481,25 @@ class ChatStream:
 
 
 async def chat_stream(
-    *, api_key: ApiKey, chat: ChatInput, request_id: str, endpoint: str
+    *,
+    api_key: ApiKey,
+    chat: ChatInput,
+    request_id: str,
+    endpoint: str,
+    parent_hold: Reservation | None = None,
+    parent_request_id: str = "",
 ) -> ChatStream:
     """Accept a streaming call (errors before the stream raise here, as for :func:`chat_call`;
     upstream failures before the first event raise from the first ``anext`` of ``events``)."""
     started = time.perf_counter()
     prepared = await _prepare(
-        api_key=api_key, chat=chat, request_id=request_id, endpoint=endpoint, started=started
+        api_key=api_key,
+        chat=chat,
+        request_id=request_id,
+        endpoint=endpoint,
+        started=started,
+        parent_hold=parent_hold,
+        parent_request_id=parent_request_id,
     )
     primary = prepared.primary
     stream = ChatStream(

@@ -123,6 +123,8 @@ class RequestLog(models.Model):
         related_name="request_logs",
     )
     request_id = models.CharField(max_length=128, unique=True)
+    # Set on the child calls of a fan-out (Compare / Blend / Judge): the parent's request id.
+    parent_request_id = models.CharField(max_length=128, blank=True, db_index=True)
     endpoint = models.CharField(max_length=40)
     requested_model = models.CharField(max_length=MODEL_ID_MAX_LENGTH)
     model = models.CharField(max_length=MODEL_ID_MAX_LENGTH, blank=True)
@@ -143,6 +145,8 @@ class RequestLog(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     upstream_ms = models.PositiveIntegerField(default=0)
     route = models.JSONField(default=dict, blank=True)
+    # The auto-router's task category for this conversation ('' when not classified).
+    category = models.CharField(max_length=40, blank=True)
     prompt = models.JSONField(null=True, blank=True)
     completion = models.TextField(blank=True)
     created_at = models.DateTimeField(db_index=True)
