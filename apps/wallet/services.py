@@ -283,9 +283,9 @@ def wallet_reserve(
         raise ApplicationError("A request id of 1 to 128 characters is required.")
     if expires_in <= timedelta(0):
         raise ApplicationError("A reservation must expire in the future.", param="expires_in")
-    existing = Reservation.objects.filter(wallet_id=wallet.pk, request_id=request_id).first()
-    if existing is not None:
-        return existing
+    # The hot path: no read before the write. A repeated request id is caught by the unique
+    # constraint (its transaction, hold included, rolls back) or, when credit is short, looked
+    # up before answering 402.
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -293,6 +293,11 @@ def wallet_reserve(
                 pk=wallet.pk, balance_micros__gte=F("reserved_micros") + amount_micros
             ).update(reserved_micros=F("reserved_micros") + amount_micros, updated_at=now)
             if not held:
+                existing = Reservation.objects.filter(
+                    wallet_id=wallet.pk, request_id=request_id
+                ).first()
+                if existing is not None:
+                    return existing
                 raise InsufficientCredit(
                     "Not enough credit for this request. Add credit on the billing page."
                 )
@@ -320,7 +325,9 @@ def reservation_settle(
     released reservation means the call never happened: settling it changes nothing.
     """
     _require_amount(actual_micros, param="actual_micros", allow_zero=True)
-    with transaction.atomic():
+    # No savepoint when the caller already holds a transaction (the gateway settles and logs
+    # in one): nothing here is caught and retried, so a failure aborts the caller's transaction.
+    with transaction.atomic(savepoint=False):
         res = Reservation.objects.select_for_update().get(pk=reservation.pk)
         if res.status in (Reservation.Status.SETTLED, Reservation.Status.RELEASED):
             return res

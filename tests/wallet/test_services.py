@@ -372,3 +372,16 @@ def test_split_larger_than_the_hold_is_refused(wallet: Wallet) -> None:
     assert not Reservation.objects.filter(request_id="fan.1").exists()
     wallet.refresh_from_db()
     assert wallet.reserved_micros == usd(1)
+
+
+def test_repeating_a_reservation_that_used_all_credit_returns_it(wallet: Wallet) -> None:
+    first = services.wallet_reserve(
+        wallet=wallet, amount_micros=usd(10), request_id="all-in", expires_in=timedelta(minutes=5)
+    )
+    again = services.wallet_reserve(
+        wallet=wallet, amount_micros=usd(10), request_id="all-in", expires_in=timedelta(minutes=5)
+    )
+    assert again.pk == first.pk
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == usd(10)
+    _audit_ok()
