@@ -8,7 +8,7 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path("playground/", views.coming_soon("playground"), name="playground"),
+    path("playground/", include("apps.orchestration.urls")),
     path("usage/", include("apps.gateway.log_urls")),
     path("settings/providers/", include("apps.gateway.byok_urls")),
     path("billing/", include("apps.wallet.urls")),

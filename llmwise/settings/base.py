@@ -467,3 +467,26 @@ CELERY_BEAT_SCHEDULE.update(
         }
     }
 )
+
+# --- orchestration ---
+# Compare / Blend / Judge (apps.orchestration, docs/orchestration.md): one prompt, several models.
+# Most models one request may fan out to (compare candidates; judge's generated candidates).
+ORCHESTRATION_MAX_MODELS: int = env.int("ORCHESTRATION_MAX_MODELS", default=5)
+# Most candidates a caller may hand to the judge, and the longest one (characters).
+ORCHESTRATION_MAX_CANDIDATES: int = env.int("ORCHESTRATION_MAX_CANDIDATES", default=8)
+ORCHESTRATION_CANDIDATE_MAX_CHARS: int = env.int(
+    "ORCHESTRATION_CANDIDATE_MAX_CHARS", default=20_000
+)
+# Runs in flight at once per organization (in the shared counters: Redis when configured).
+ORCHESTRATION_MAX_CONCURRENT_PER_ORG: int = env.int(
+    "ORCHESTRATION_MAX_CONCURRENT_PER_ORG", default=4
+)
+# The whole run (candidates + synthesis/judging); calls still running then are cancelled.
+ORCHESTRATION_TIMEOUT_SECONDS: float = env.float("ORCHESTRATION_TIMEOUT_SECONDS", default=120.0)
+# Used when a Blend names no synthesizer / a Judge or best-of Blend names no judge.
+ORCHESTRATION_DEFAULT_SYNTHESIZER: str = env.str(
+    "ORCHESTRATION_DEFAULT_SYNTHESIZER", default="gpt-4o-mini"
+)
+ORCHESTRATION_DEFAULT_JUDGE: str = env.str("ORCHESTRATION_DEFAULT_JUDGE", default="gpt-4o-mini")
+# The judge's answer is a small JSON object; this caps what its call may cost.
+ORCHESTRATION_JUDGE_MAX_TOKENS: int = env.int("ORCHESTRATION_JUDGE_MAX_TOKENS", default=1024)

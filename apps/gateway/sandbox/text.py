@@ -7,6 +7,8 @@ closely enough to exercise every usage field.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 
@@ -24,6 +26,10 @@ CACHE_BLOCK_TOKENS = 128
 REASONING_TOKENS = 64
 REASONING_MODEL = re.compile(r"^(o\d|gpt-5)|reasoner|gemini-2\.5|grok-4|thinking")
 DEFAULT_MAX_TOKENS = 4096
+# ``[[sandbox:reply:<base64url of UTF-8 text>]]`` anywhere in the prompt: answer exactly that text
+# (e.g. a judge's JSON verdict, or prose that is not JSON) instead of the echo. Generic test
+# infrastructure for callers whose output format matters (orchestration's judge).
+REPLY_MARKER = re.compile(r"\[\[sandbox:reply:([A-Za-z0-9_=-]+)\]\]")
 
 
 def count_tokens(text: str) -> int:
@@ -51,7 +57,23 @@ class Answer:
     reasoning_tokens: int
 
 
+def scripted_reply(prompt: Prompt) -> str | None:
+    """The text a reply marker asks for (the last message carrying one wins), else None."""
+    for _, text in reversed(prompt.texts):
+        match = REPLY_MARKER.search(text)
+        if match is None:
+            continue
+        try:
+            return base64.urlsafe_b64decode(match.group(1).encode()).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+    return None
+
+
 def answer_text(*, model: str, prompt: Prompt) -> str:
+    scripted = scripted_reply(prompt)
+    if scripted is not None:
+        return scripted
     last_user = next((text for role, text in reversed(prompt.texts) if role == "user"), "")
     echo = " ".join(PROMPT_MARKER.sub("", last_user).split()[:ECHO_WORDS])
     return (
