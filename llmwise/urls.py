@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/v1/", include("apps.wallet.api_urls")),
     path("api/v1/", include("apps.gateway.api_urls")),
     path("api/v1/", include("apps.orchestration.api_urls")),
+    path("api/v1/", include("apps.optimizer.api_urls")),
     path("webhooks/", include("apps.wallet.webhook_urls")),
     path("v1/messages", anthropic_api.messages, name="anthropic_messages"),
     path("v1/", include("apps.gateway.openai_urls")),

@@ -14,7 +14,7 @@ urlpatterns = [
     path("billing/", include("apps.wallet.urls")),
     path("routing/policies/", include("apps.gateway.policy_urls")),
     path("routing/", routing_views.routing_status, name="routing"),
-    path("recommendations/", views.coming_soon("recommendations"), name="recommendations"),
+    path("recommendations/", include("apps.optimizer.urls")),
     path("keys/", views.api_keys, name="api_keys"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
     path("team/", views.team, name="team"),

@@ -490,3 +490,43 @@ ORCHESTRATION_DEFAULT_SYNTHESIZER: str = env.str(
 ORCHESTRATION_DEFAULT_JUDGE: str = env.str("ORCHESTRATION_DEFAULT_JUDGE", default="gpt-4o-mini")
 # The judge's answer is a small JSON object; this caps what its call may cost.
 ORCHESTRATION_JUDGE_MAX_TOKENS: int = env.int("ORCHESTRATION_JUDGE_MAX_TOKENS", default=1024)
+
+# --- optimizer ---
+# Recommendations mined from request history and the replay lab (apps.optimizer,
+# docs/optimizer.md). The job runs per organization with traffic, fanned out daily; "Run now" on
+# the dashboard and `manage.py run_optimizer --org SLUG` run the same job on demand.
+OPTIMIZER_RUN_INTERVAL_SECONDS: float = env.float(
+    "OPTIMIZER_RUN_INTERVAL_SECONDS", default=24 * 3600.0
+)
+OPTIMIZER_DIGEST_INTERVAL_SECONDS: float = env.float(
+    "OPTIMIZER_DIGEST_INTERVAL_SECONDS", default=7 * 24 * 3600.0
+)
+# Request-log rows read per keyset batch (one short indexed read each).
+OPTIMIZER_BATCH_SIZE: int = env.int("OPTIMIZER_BATCH_SIZE", default=5000)
+# The replay lab's judge, what its verdict may cost, and how much of each answer it reads.
+OPTIMIZER_JUDGE_MODEL: str = env.str("OPTIMIZER_JUDGE_MODEL", default="gpt-4o-mini")
+OPTIMIZER_JUDGE_MAX_TOKENS: int = env.int("OPTIMIZER_JUDGE_MAX_TOKENS", default=256)
+OPTIMIZER_JUDGE_ANSWER_MAX_CHARS: int = env.int("OPTIMIZER_JUDGE_ANSWER_MAX_CHARS", default=6000)
+# Most past requests one replay run re-sends (each is billed, plus a judge call).
+OPTIMIZER_REPLAY_MAX_SAMPLE: int = env.int("OPTIMIZER_REPLAY_MAX_SAMPLE", default=50)
+# The recommendations API's "status" and "kind" enums get names of their own in the schema (its
+# "status" would otherwise collide with the request log's and leave both with hashed names).
+_enum_overrides = SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES")
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    **(_enum_overrides if isinstance(_enum_overrides, dict) else {}),
+    "RequestStatusEnum": "apps.gateway.models.RequestLog.Status",
+    "RecommendationStatusEnum": "apps.optimizer.models.Recommendation.Status",
+    "RecommendationKindEnum": "apps.optimizer.models.Recommendation.Kind",
+}
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "optimizer-run-all": {
+            "task": "apps.optimizer.tasks.optimizer_run_all_task",
+            "schedule": OPTIMIZER_RUN_INTERVAL_SECONDS,
+        },
+        "optimizer-digest-all": {
+            "task": "apps.optimizer.tasks.optimizer_digest_all_task",
+            "schedule": OPTIMIZER_DIGEST_INTERVAL_SECONDS,
+        },
+    }
+)
