@@ -10,6 +10,11 @@ the answer went out. Money: **one reservation per request**, sized for the most 
 platform-billed member of the chain, **settled once** for the attempt that answered; failed
 attempts produced nothing and cost nothing. Every attempt is in ``route.attempts``.
 
+Which chain a request gets is decided by :func:`_route` (see docs/routing.md "How a request is
+routed"): the routing policy it runs under (named in the body, pinned to the key, or the org's
+default), else ``model: "auto"`` (classifier + auto-router), else the model it names with its
+fallbacks. Every request is classified (microseconds) so its log row carries a task category.
+
 Every path out of :func:`chat_call` after the reservation — success, provider error, a bug, or a
 cancelled client — settles or releases the hold and writes the request log, so no reservation is
 left for the sweeper except after a crash of the whole process.
@@ -23,20 +28,23 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey
 from apps.wallet import services as wallet
-from apps.wallet.models import Reservation
+from apps.wallet.models import MICROS_PER_USD, Reservation
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
-from .credentials import credential_for
+from .credentials import byok_providers_of, credential_for
 from .limits import Admission, LimitsSnapshot, limits_admit, limits_record, limits_release
-from .models import CatalogModel, RequestLog
+from .models import CatalogModel, ModelAlias, RequestLog
+from .policy_selectors import SelectedPolicy, apolicy_for_cached
 from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros, usage_estimate
 from .providers.base import (
     ChatMessage,
@@ -47,9 +55,22 @@ from .providers.base import (
     Usage,
 )
 from .providers.registry import provider_adapter
+from .response_cache import (
+    HIT,
+    MISS,
+    CachedAnswer,
+    cache_allowed,
+    cache_settings_of,
+    response_cache_get,
+    response_cache_key,
+    response_cache_put,
+)
 from .routing import health
-from .routing.mesh import ChainRun, Member, mesh_alternatives
-from .selectors import acatalog_resolve
+from .routing.auto import AUTO_MODEL, AutoDecision, auto_choose
+from .routing.classifier import Classification, classify
+from .routing.mesh import STATUS_ERROR, Attempt, ChainRun, Member, mesh_alternatives
+from .routing.policies import AppliesTo, ExcludedModel, PolicyCatalog, policy_route
+from .selectors import acatalog_enabled_cached, acatalog_resolve
 
 # A hold outlives the longest call we allow; the sweeper frees it if this process dies.
 RESERVATION_TTL = timedelta(minutes=15)
@@ -76,6 +97,23 @@ class ChatInput:
     user: str | None = None
     fallbacks: tuple[str, ...] = ()
     mesh: bool = False
+    policy: str | None = None  # a routing policy of the org, by name (else the key's / default)
+
+
+class NoModelWithinPolicy(ApplicationError):
+    """The routing policy excluded every model the request could use (its price cap, its
+    allowed providers). A 400, not a 402: more credit would not help, a smaller ``max_tokens``,
+    another model or a policy change would."""
+
+    code = "no_model_within_policy"
+
+
+class LatencyBudgetExceeded(ApplicationError):
+    """The policy's ``latency_budget_ms`` ran out before any member of the chain answered."""
+
+    status_code: int = 504
+    error_type = "upstream_error"
+    code = "latency_budget_exceeded"
 
 
 @dataclass(frozen=True)
@@ -89,6 +127,7 @@ class ChatOutcome:
     route: dict[str, Any] = field(default_factory=dict)
     limits: LimitsSnapshot | None = None  # for the x-ratelimit-* headers
     byok: bool = False  # the customer's own key: cost_micros is what it would have cost
+    cache: str | None = None  # "hit" / "miss" when the org's response cache was consulted
 
     @property
     def charged_micros(self) -> int:
@@ -145,9 +184,14 @@ def _log(
     error: ApplicationError | None = None,
     byok: bool = False,
     parent_request_id: str = "",
+    category: str = "",
+    cache_hit: bool = False,
 ) -> RequestLog:
     usage = result.usage if result is not None else Usage(0, 0)
     keep_text = api_key.retains_text  # the key's setting, else the organization's
+    if not keep_text and "signals" in route:
+        # The classifier's cue names are words of the prompt: zero retention keeps only labels.
+        route = {name: value for name, value in route.items() if name != "signals"}
     return RequestLog.objects.create(
         organization_id=api_key.organization_id,
         api_key=api_key,
@@ -173,6 +217,8 @@ def _log(
         latency_ms=_elapsed_ms(started),
         upstream_ms=upstream_ms,
         route=route,
+        category=category,
+        cache_hit=cache_hit,
         prompt=[{"role": m.role, "content": m.content} for m in chat.messages]
         if keep_text
         else None,
@@ -229,6 +275,7 @@ class _Prepared:
     reservation: Reservation | None  # None: nothing held (every member is BYOK)
     log: dict[str, Any]  # _log's arguments that do not depend on the answering member
     admission: Admission
+    routing: _Routing
 
     @property
     def primary(self) -> Member:
@@ -237,12 +284,13 @@ class _Prepared:
     def log_for(self, run: ChainRun, chat: ChatInput, *, answered: bool) -> dict[str, Any]:
         """_log's arguments once the walk ended: the answering member, else the last tried."""
         member = run.last or self.primary
+        route = run.route(requested=chat.model, chosen=member.model if answered else None)
         return {
             **self.log,
             "model": member.model,
             "byok": member.byok,
             "upstream_ms": run.upstream_ms,
-            "route": run.route(requested=chat.model, chosen=member.model if answered else None),
+            "route": self.routing.explain(route),
         }
 
 
@@ -261,6 +309,10 @@ async def _chain_models(*, api_key: ApiKey, chat: ChatInput) -> list[CatalogMode
         models += await mesh_alternatives(
             model=primary, api_key=api_key, max_tokens=chat.max_tokens
         )
+    return models
+
+
+def _check_max_tokens(models: list[CatalogModel], chat: ChatInput) -> None:
     for index, model in enumerate(models):
         max_tokens = chat.max_tokens if chat.max_tokens is not None else model.default_max_tokens
         if max_tokens > model.max_output_tokens:
@@ -270,7 +322,274 @@ async def _chain_models(*, api_key: ApiKey, chat: ChatInput) -> list[CatalogMode
                 code="max_tokens_too_large",
                 param="max_tokens",
             )
-    return models
+
+
+# --- routing: which chain a request gets ---------------------------------------------------------
+@dataclass(frozen=True)
+class _Routing:
+    """The chain a request will walk and why, decided before anything is reserved.
+
+    ``info`` is what the route explanation adds to the mesh's own (``requested``, ``chosen``,
+    ``attempts``, ``chain``): ``reason`` when something other than the request chose the model,
+    ``category``/``complexity`` always, ``signals``/``tier`` for the auto-router, ``policy``.
+    """
+
+    models: list[CatalogModel]
+    classification: Classification
+    info: dict[str, Any]
+    deadline_s: float | None = None  # the policy's latency budget, for the walk to an answer
+
+    def explain(self, route: dict[str, Any]) -> dict[str, Any]:
+        """The mesh's route with the routing decision merged in."""
+        reason = self.info.get("reason")
+        merged = {**route, **{k: v for k, v in self.info.items() if k != "reason"}}
+        if reason is not None:
+            fell_back = route.get("reason") == "fallback"
+            merged["reason"] = f"{reason}; answered by a fallback" if fell_back else reason
+        return merged
+
+
+# The policy catalog (enabled models + aliases) rebuilt only when the cached catalog tuple
+# changes: one alias query per CATALOG_CACHE_SECONDS instead of two queries per request.
+_policy_catalog_cache: tuple[tuple[CatalogModel, ...], PolicyCatalog] | None = None
+
+
+async def _policy_catalog(models: tuple[CatalogModel, ...]) -> PolicyCatalog:
+    global _policy_catalog_cache
+    cached = _policy_catalog_cache
+    if cached is not None and cached[0] is models:
+        return cached[1]
+    aliases = {
+        alias: model_id
+        async for alias, model_id in ModelAlias.objects.filter(model__enabled=True).values_list(
+            "alias", "model_id"
+        )
+    }
+    catalog = PolicyCatalog(models={m.id: m for m in models}, aliases=aliases)
+    _policy_catalog_cache = (models, catalog)
+    return catalog
+
+
+def _usd(micros: int) -> str:
+    return f"${Decimal(micros) / MICROS_PER_USD:f}"  # exact, as policy_route words it
+
+
+def _worst(model: CatalogModel, chat: ChatInput, prompt_tokens: int) -> int:
+    return reservation_micros(model=model, prompt_tokens=prompt_tokens, max_tokens=chat.max_tokens)
+
+
+def _within_limits(
+    models: list[CatalogModel],
+    *,
+    selected: SelectedPolicy,
+    chat: ChatInput,
+    prompt_tokens: int,
+    excluded: list[ExcludedModel],
+) -> list[CatalogModel]:
+    """``models`` without those the policy's allowed providers or price cap exclude."""
+    policy = selected.effective
+    kept = []
+    for model in models:
+        if policy.allowed_providers is not None and model.provider not in policy.allowed_providers:
+            excluded.append(ExcludedModel(model.id, f"{model.provider} is not an allowed provider"))
+            continue
+        if policy.max_price_micros is not None:
+            worst = _worst(model, chat, prompt_tokens)
+            if worst > policy.max_price_micros:
+                excluded.append(
+                    ExcludedModel(
+                        model.id,
+                        f"may cost up to {_usd(worst)}, over the "
+                        f"{_usd(policy.max_price_micros)} per-request maximum",
+                    )
+                )
+                continue
+        kept.append(model)
+    return kept
+
+
+def _excluded_all(selected: SelectedPolicy, excluded: list[ExcludedModel]) -> NoModelWithinPolicy:
+    listed = "; ".join(f"{e.model}: {e.reason}" for e in excluded) or "no model left"
+    return NoModelWithinPolicy(
+        f"The routing policy {selected.policy.name!r} excludes every model this request could "
+        f"use ({listed}). Lower max_tokens, name another model, or change the policy.",
+        param="policy",
+    )
+
+
+async def _auto(
+    *,
+    api_key: ApiKey,
+    chat: ChatInput,
+    classification: Classification,
+    candidates: list[CatalogModel] | tuple[CatalogModel, ...],
+    byok_providers: frozenset[str],
+    prompt_tokens: int,
+) -> AutoDecision:
+    return auto_choose(
+        classification=classification,
+        candidates=candidates,
+        allowed_models=api_key.allowed_models,
+        byok_providers=byok_providers,
+        prompt_tokens=prompt_tokens,
+        max_tokens=chat.max_tokens,
+        healthy=health.healthy,
+        max_alternatives=max(settings.GATEWAY_MESH_MAX_CHAIN - 1, 0),
+    )
+
+
+def _auto_info(decision: AutoDecision, classification: Classification) -> dict[str, Any]:
+    return {
+        "reason": decision.reason,
+        "tier": str(decision.tier),
+        "signals": list(classification.signals),
+    }
+
+
+async def _route(*, api_key: ApiKey, chat: ChatInput, fan_out: bool = False) -> _Routing:
+    """The chain for ``chat`` (checked: the key may use every member, each can honour
+    ``max_tokens``), in order of precedence:
+
+    1. a routing policy (named by the request, pinned to the key, or the org's default) decides
+       the model and fallbacks, or hands over to the auto-router within its limits; a request
+       naming a model under an ``applies_to: auto`` policy keeps its own chain, filtered by the
+       policy's allowed providers and price cap;
+    2. ``model: "auto"``: the auto-router's choice and its same-tier alternatives;
+    3. the named model with its ``fallbacks`` (or ``mesh`` alternatives).
+
+    ``fan_out``: a child call of Compare / Blend / Judge. Those name their models on purpose
+    (comparing them is the point), so the key's pinned policy and the org's default do not
+    reroute them; a policy the request names itself still applies.
+    """
+    org = api_key.organization
+    classification = classify(chat.messages)
+    prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
+    info: dict[str, Any] = {
+        "category": str(classification.category),
+        "complexity": str(classification.complexity),
+    }
+    selected = None
+    if chat.policy or not fan_out:
+        selected = await apolicy_for_cached(org=org, api_key=api_key, requested_name=chat.policy)
+    deadline_s = None
+    if selected is None:
+        if chat.model == AUTO_MODEL:
+            decision = await _auto(
+                api_key=api_key,
+                chat=chat,
+                classification=classification,
+                candidates=await acatalog_enabled_cached(),
+                byok_providers=await byok_providers_of(org=org),
+                prompt_tokens=prompt_tokens,
+            )
+            models = [decision.model, *decision.alternatives]
+            info.update(_auto_info(decision, classification))
+        else:
+            models = await _chain_models(api_key=api_key, chat=chat)
+    else:
+        models, deadline_s = await _route_by_policy(
+            api_key=api_key,
+            chat=chat,
+            selected=selected,
+            classification=classification,
+            prompt_tokens=prompt_tokens,
+            info=info,
+        )
+    _check_max_tokens(models, chat)
+    return _Routing(models=models, classification=classification, info=info, deadline_s=deadline_s)
+
+
+async def _route_by_policy(
+    *,
+    api_key: ApiKey,
+    chat: ChatInput,
+    selected: SelectedPolicy,
+    classification: Classification,
+    prompt_tokens: int,
+    info: dict[str, Any],
+) -> tuple[list[CatalogModel], float | None]:
+    org = api_key.organization
+    policy = selected.effective
+    enabled = await acatalog_enabled_cached()
+    catalog = await _policy_catalog(enabled)
+    byok_providers = await byok_providers_of(org=org)
+    decision = policy_route(
+        policy=policy,
+        classification=classification,
+        requested_model=chat.model,
+        catalog=catalog,
+        prompt_tokens=prompt_tokens,
+        max_tokens=chat.max_tokens,
+        byok_providers=byok_providers,
+    )
+    excluded = list(decision.excluded)
+    described: dict[str, Any] = {
+        "name": selected.policy.name,
+        "version": selected.version.number,
+        "rule_index": decision.rule_index,
+        "rule": decision.rule,
+        "source": selected.source,
+    }
+    info["policy"] = described
+    reason = f"policy {selected.policy.name!r}: {decision.reason}"
+    keeps_request = chat.model != AUTO_MODEL and (
+        policy.applies_to == AppliesTo.AUTO
+        or (decision.rule_index is None and policy.default is None)
+    )
+    models: list[CatalogModel]
+    if keeps_request:
+        # The request's own chain (fallbacks, mesh), under the policy's limits only.
+        requested = await _chain_models(api_key=api_key, chat=chat)
+        models = _within_limits(
+            requested, selected=selected, chat=chat, prompt_tokens=prompt_tokens, excluded=excluded
+        )
+    elif decision.model == AUTO_MODEL:
+        dropped: list[ExcludedModel] = []
+        candidates = _within_limits(
+            list(enabled),
+            selected=selected,
+            chat=chat,
+            prompt_tokens=prompt_tokens,
+            excluded=dropped,
+        )
+        if not candidates:
+            raise _excluded_all(selected, dropped)
+        auto = await _auto(
+            api_key=api_key,
+            chat=chat,
+            classification=classification,
+            candidates=candidates,
+            # Outside prefer_byok the auto-router still puts the org's own keys first: they cost
+            # it no credit. Within a tier only, so a cheaper tier is never skipped for BYOK.
+            byok_providers=byok_providers,
+            prompt_tokens=prompt_tokens,
+        )
+        models = [auto.model, *auto.alternatives]
+        auto_info = _auto_info(auto, classification)
+        reason = f"{reason}; auto: {auto_info.pop('reason')}"
+        info.update(auto_info)
+    else:
+        models = []
+        for model_id in decision.chain:
+            model = catalog.models[model_id]
+            if api_key.allowed_models and model.id not in api_key.allowed_models:
+                excluded.append(ExcludedModel(model.id, "this API key may not use it"))
+                continue
+            models.append(model)
+        if decision.chain and not models:
+            raise NotPermitted(
+                f"The routing policy {selected.policy.name!r} routes this request to "
+                f"{', '.join(decision.chain)}, which this API key may not use.",
+                code="model_not_allowed",
+                param="model",
+            )
+    if not models:
+        raise _excluded_all(selected, excluded)
+    if excluded:
+        described["excluded"] = [{"model": e.model, "reason": e.reason} for e in excluded]
+    info["reason"] = reason
+    budget = policy.latency_budget_ms
+    return models, (budget / 1000 if budget is not None else None)
 
 
 def _upstream(chat: ChatInput, model: CatalogModel) -> ChatRequest:
@@ -289,7 +608,7 @@ def _upstream(chat: ChatInput, model: CatalogModel) -> ChatRequest:
 async def hold_estimate(*, api_key: ApiKey, chat: ChatInput) -> int:
     """What :func:`chat_call` would hold for ``chat`` (0 when every member is BYOK), without
     holding anything: a fan-out (orchestration) reserves the sum of these up front."""
-    models = await _chain_models(api_key=api_key, chat=chat)
+    models = (await _route(api_key=api_key, chat=chat, fan_out=True)).models
     prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
     billed = []
     for model in models:
@@ -319,8 +638,12 @@ async def _prepare(
     started: float,
     parent_hold: Reservation | None = None,
     parent_request_id: str = "",
+    routing: _Routing | None = None,
 ) -> _Prepared:
-    models = await _chain_models(api_key=api_key, chat=chat)
+    if routing is None:
+        fan_out = parent_hold is not None or bool(parent_request_id)
+        routing = await _route(api_key=api_key, chat=chat, fan_out=fan_out)
+    models = routing.models
     prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
     upstreams = [_upstream(chat, model) for model in models]
 
@@ -371,8 +694,43 @@ async def _prepare(
         "endpoint": endpoint,
         "started": started,
         "parent_request_id": parent_request_id,
+        "category": str(routing.classification.category),
     }
-    return _Prepared(chain=chain, reservation=reservation, log=log, admission=admission)
+    return _Prepared(
+        chain=chain, reservation=reservation, log=log, admission=admission, routing=routing
+    )
+
+
+async def _walk(run: ChainRun, call: Any, *, deadline_s: float | None) -> tuple[Member, Any]:
+    """``run.until_answer(call)`` within the policy's latency budget, if any: the budget bounds
+    the whole walk to an answer (every attempt and failover together; for a stream, up to its
+    first event). When it runs out the attempt in flight is abandoned (not counted against the
+    provider's health: the budget, not the provider, ended it) and the request fails with 504."""
+    if deadline_s is None:
+        return await run.until_answer(call)
+    started = time.perf_counter()
+    scope = asyncio.timeout(deadline_s)
+    try:
+        async with scope:
+            return await run.until_answer(call)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        member = run.last
+        if member is not None:
+            run.attempts.append(
+                Attempt(
+                    member.model.id,
+                    member.model.provider,
+                    STATUS_ERROR,
+                    LatencyBudgetExceeded.code,
+                    _elapsed_ms(started),
+                )
+            )
+        raise LatencyBudgetExceeded(
+            f"No model of the chain answered within the routing policy's latency budget "
+            f"({int(deadline_s * 1000)} ms). Nothing was charged."
+        ) from None
 
 
 async def _complete(member: Member) -> ChatResult:
@@ -393,6 +751,25 @@ async def chat_call(
     organization for the attempt that answered. ``parent_hold``: a fan-out's reservation to
     carve this call's hold from, instead of reserving on its own."""
     started = time.perf_counter()
+    fan_out = parent_hold is not None or bool(parent_request_id)
+    routing = await _route(api_key=api_key, chat=chat, fan_out=fan_out)
+    cache_key, cache_ttl = None, 0
+    if not fan_out and cache_allowed(api_key=api_key):
+        options = await cache_settings_of(org=api_key.organization)
+        if options.enabled:
+            cache_key, cache_ttl = _cache_key(api_key, chat, routing), options.ttl_seconds
+            hit = await _from_cache(
+                api_key=api_key,
+                chat=chat,
+                request_id=request_id,
+                endpoint=endpoint,
+                started=started,
+                routing=routing,
+                cache_key=cache_key,
+                fee_micros=options.fee_micros,
+            )
+            if hit is not None:
+                return hit
     prepared = await _prepare(
         api_key=api_key,
         chat=chat,
@@ -401,11 +778,12 @@ async def chat_call(
         started=started,
         parent_hold=parent_hold,
         parent_request_id=parent_request_id,
+        routing=routing,
     )
     reservation = prepared.reservation
     run = ChainRun(prepared.chain)
     try:
-        member, result = await run.until_answer(_complete)
+        member, result = await _walk(run, _complete, deadline_s=prepared.routing.deadline_s)
     except ApplicationError as exc:
         await sync_to_async(_release)(
             reservation=reservation,
@@ -447,6 +825,8 @@ async def chat_call(
         cost_micros=cost,
         admission=prepared.admission,
     )
+    if cache_key is not None and result.finish_reason in CACHEABLE_FINISH_REASONS:
+        await response_cache_put(cache_key, _cached(model, result), ttl_seconds=cache_ttl)
     return ChatOutcome(
         request_id=request_id,
         model=model,
@@ -457,6 +837,143 @@ async def chat_call(
         route=log["route"],
         limits=prepared.admission.snapshot,
         byok=member.byok,
+        cache=MISS if cache_key is not None else None,
+    )
+
+
+# --- response cache ------------------------------------------------------------------------------
+# Only complete answers are worth repeating: a cut ("length") or filtered answer is not.
+CACHEABLE_FINISH_REASONS = frozenset({"stop"})
+CACHE_HIT_REASON = "answered from the response cache"
+
+
+def _cache_key(api_key: ApiKey, chat: ChatInput, routing: _Routing) -> str:
+    policy = routing.info.get("policy")
+    return response_cache_key(
+        api_key=api_key,
+        messages=chat.messages,
+        parameters={
+            "model": chat.model,
+            "max_tokens": chat.max_tokens,
+            "temperature": chat.temperature,
+            "top_p": chat.top_p,
+            "stop": list(chat.stop) if chat.stop else None,
+            "user": chat.user,
+            "fallbacks": list(chat.fallbacks),
+            "mesh": chat.mesh,
+            "policy": chat.policy,
+            # A new policy version may route elsewhere: its answers are not the old ones.
+            "routed_by": [policy["name"], policy["version"]] if policy else None,
+        },
+    )
+
+
+def _cached(model: CatalogModel, result: ChatResult) -> CachedAnswer:
+    usage = result.usage
+    return CachedAnswer(
+        model=model.id,
+        upstream_model=result.upstream_model,
+        text=result.text,
+        finish_reason=result.finish_reason,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
+def _cache_hit_write(
+    *, api_key: ApiKey, fee_micros: int, request_id: str, log_result: ChatResult, **log: Any
+) -> None:
+    """Charge the hit's fee (a reservation settled at once: the wallet's one way to move money,
+    with its insufficient-credit check) and write the log row, in one transaction."""
+    with transaction.atomic():
+        if fee_micros:
+            reservation = _reserve(api_key=api_key, amount_micros=fee_micros, request_id=request_id)
+            wallet.reservation_settle(
+                reservation=reservation,
+                actual_micros=fee_micros,
+                usage={"prompt_tokens": 0, "completion_tokens": 0, "cache_hit": True},
+            )
+        _log(
+            api_key=api_key,
+            request_id=request_id,
+            result=log_result,
+            cost=fee_micros,
+            cache_hit=True,
+            **log,
+        )
+
+
+async def _from_cache(
+    *,
+    api_key: ApiKey,
+    chat: ChatInput,
+    request_id: str,
+    endpoint: str,
+    started: float,
+    routing: _Routing,
+    cache_key: str,
+    fee_micros: int,
+) -> ChatOutcome | None:
+    """The outcome of a cache hit (fee charged, logged), or ``None`` on a miss."""
+    cached = await response_cache_get(cache_key)
+    if cached is None:
+        return None
+    model = next((m for m in await acatalog_enabled_cached() if m.id == cached.model), None)
+    if model is None:  # disabled since: ask a provider again
+        return None
+    usage = Usage(
+        cached.prompt_tokens,
+        cached.completion_tokens,
+        cached_tokens=cached.cached_tokens,
+        reasoning_tokens=cached.reasoning_tokens,
+    )
+    result = ChatResult(
+        text=cached.text,
+        finish_reason=cached.finish_reason,
+        usage=usage,
+        provider_request_id=None,
+        upstream_model=cached.upstream_model,
+    )
+    route = routing.explain(
+        {"requested": chat.model, "chosen": model.id, "reason": "requested", "attempts": []}
+    )
+    route.pop("chain", None)  # nothing was walked
+    route["reason"] = CACHE_HIT_REASON
+    route["cache"] = HIT
+    # The log counts provider tokens: a hit used none. The answer still reports the usage of
+    # the text it returns, as the original call measured it.
+    log_result = ChatResult(
+        text=cached.text,
+        finish_reason=cached.finish_reason,
+        usage=Usage(0, 0),
+        provider_request_id=None,
+        upstream_model=cached.upstream_model,
+    )
+    await sync_to_async(_cache_hit_write)(
+        api_key=api_key,
+        fee_micros=fee_micros,
+        request_id=request_id,
+        log_result=log_result,
+        chat=chat,
+        endpoint=endpoint,
+        model=model,
+        http_status=200,
+        started=started,
+        upstream_ms=0,
+        route=route,
+        category=str(routing.classification.category),
+    )
+    return ChatOutcome(
+        request_id=request_id,
+        model=model,
+        result=result,
+        cost_micros=fee_micros,
+        latency_ms=_elapsed_ms(started),
+        upstream_ms=0,
+        route=route,
+        cache=HIT,
     )
 
 
@@ -507,7 +1024,9 @@ async def chat_stream(
         model=primary.model,
         # Set just below: the generator updates the stream it belongs to.
         events=cast(AsyncIterator[StreamEvent], None),
-        route={"requested": chat.model, "chosen": primary.model.id, "reason": "requested"},
+        route=prepared.routing.explain(
+            {"requested": chat.model, "chosen": primary.model.id, "reason": "requested"}
+        ),
         limits=prepared.admission.snapshot,
         byok=primary.byok,
     )
@@ -552,7 +1071,9 @@ async def _stream_events(
     error: ApplicationError | None = None
     member: Member | None = None
     try:
-        member, (upstream, first) = await run.until_answer(_stream_open)
+        member, (upstream, first) = await _walk(
+            run, _stream_open, deadline_s=prepared.routing.deadline_s
+        )
         latency = _elapsed_ms(run.answered_at)
         run.answered(member, latency)
         assert run.gate is not None  # noqa: S101 - set by the answering attempt
@@ -560,7 +1081,9 @@ async def _stream_events(
         health.attempt_record_later(run.gate, error=None, latency_ms=latency, byok=member.byok)
         stream.model, stream.byok = member.model, member.byok
         stream.route.clear()
-        stream.route.update(run.route(requested=chat.model, chosen=member.model))
+        stream.route.update(
+            prepared.routing.explain(run.route(requested=chat.model, chosen=member.model))
+        )
         async with aclosing(upstream) as events:
             event: StreamEvent | None = first
             while event is not None:

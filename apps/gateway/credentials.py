@@ -70,6 +70,34 @@ def _cache_key(org: Organization, provider: str) -> _CacheKey:
 def credential_cache_clear(*, org: Organization, provider: str) -> None:
     """Forget ``org``'s cached credential for ``provider`` (after its key was set or removed)."""
     _cache.pop(_cache_key(org, provider), None)
+    _providers_cache.pop((org.pk, org.created_at), None)
+
+
+# (organization id, creation time) → (expires, providers with a stored key): what the auto-router
+# and policies need to prefer BYOK models, without decrypting anything.
+_providers_cache: dict[tuple[int, datetime], tuple[float, frozenset[str]]] = {}
+
+
+async def byok_providers_of(*, org: Organization) -> frozenset[str]:
+    """The providers ``org`` stored its own key for (cached like the credentials: at most one
+    query per organization per ``BYOK_CREDENTIAL_CACHE_SECONDS`` per process)."""
+    cache_key = (org.pk, org.created_at)
+    cached = _providers_cache.get(cache_key)
+    now = time.monotonic()
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    providers = frozenset(
+        [
+            provider
+            async for provider in ProviderKey.objects.filter(organization_id=org.pk).values_list(
+                "provider", flat=True
+            )
+        ]
+    )
+    if len(_providers_cache) >= CACHE_MAX_ENTRIES:
+        _providers_cache.clear()
+    _providers_cache[cache_key] = (now + settings.BYOK_CREDENTIAL_CACHE_SECONDS, providers)
+    return providers
 
 
 def _cache_put(cache_key: _CacheKey, entry: _Entry) -> None:

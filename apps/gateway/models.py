@@ -147,6 +147,8 @@ class RequestLog(models.Model):
     route = models.JSONField(default=dict, blank=True)
     # The auto-router's task category for this conversation ('' when not classified).
     category = models.CharField(max_length=40, blank=True)
+    # Answered from the org's response cache: no provider call, no provider tokens.
+    cache_hit = models.BooleanField(default=False)
     prompt = models.JSONField(null=True, blank=True)
     completion = models.TextField(blank=True)
     created_at = models.DateTimeField(db_index=True)
@@ -400,3 +402,26 @@ class RollupCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.last_id}"
+
+
+CACHE_TTL_MAX_SECONDS = 7 * 24 * 3600
+CACHE_FEE_MAX_MICROS = 1_000_000  # $1 per hit would be a mistake, not a price
+
+
+class OrgGatewaySettings(models.Model):
+    """Per-organization gateway options; absent row = the defaults (response cache off).
+
+    Written only by ``services.org_gateway_settings_update`` (audit-logged).
+    """
+
+    organization = models.OneToOneField(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="gateway_settings"
+    )
+    cache_enabled = models.BooleanField(default=False)
+    cache_ttl_seconds = models.PositiveIntegerField(default=300)
+    # Charged per cache hit (0: hits are free); micro-USD.
+    cache_fee_micros = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"gateway settings of org {self.organization_id}"

@@ -34,7 +34,6 @@ from .openai_api import (
 from .providers.base import StreamEvent, Usage
 
 ENDPOINT: Final = "native.chat"
-AUTO_MODEL: Final = "auto"
 ROLES: Final = ("system", "user", "assistant")
 FIELDS: Final = frozenset(
     {
@@ -48,6 +47,7 @@ FIELDS: Final = frozenset(
         "user",
         "fallbacks",  # failover chain (docs/routing.md)
         "mesh",
+        "policy",  # a routing policy by name
     }
 )
 MESSAGE_FIELDS: Final = frozenset({"role", "content"})
@@ -87,16 +87,7 @@ def parse_native_chat(body: dict[str, Any]) -> calls.ChatInput:
                 raise _bad(f"role must be one of {', '.join(ROLES)}.", f"messages.{index}.role")
             if not isinstance(message.get("content"), str):
                 raise _bad("content must be a string.", f"messages.{index}.content")
-    chat = parse_openai_chat(body)
-    if chat.model == AUTO_MODEL:
-        # Auto-routing is its own issue; until it lands, say so instead of guessing a model.
-        raise _bad(
-            "model 'auto' (automatic routing) is not available yet: name a model "
-            "(GET /v1/models lists them).",
-            "model",
-            "auto_routing_unavailable",
-        )
-    return chat
+    return parse_openai_chat(body)
 
 
 def usage_payload(usage: Usage) -> dict[str, Any]:
@@ -126,11 +117,14 @@ def charged(call: calls.ChatOutcome | calls.ChatStream) -> bool:
 
 
 def route_payload(route: dict[str, Any], model: CatalogModel) -> dict[str, Any]:
-    """The route taken. ``attempts`` lists each model tried; without failover that is one."""
-    attempts = route.get("attempts") or [
-        {"model": model.id, "provider": model.provider, "status": "ok"}
-    ]
+    """The route taken. ``attempts`` lists each model tried; without failover that is one.
+    The routing decision's own fields (``category``, ``complexity``, ``tier``, ``signals``,
+    ``policy``, ``chain``; docs/routing.md) come along as the call service wrote them."""
+    attempts = route.get("attempts")
+    if attempts is None or (not attempts and route.get("cache") != "hit"):
+        attempts = [{"model": model.id, "provider": model.provider, "status": "ok"}]
     return {
+        **route,
         "requested": route.get("requested"),
         "chosen": route.get("chosen", model.id),
         "reason": route.get("reason", "requested"),

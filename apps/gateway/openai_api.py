@@ -30,6 +30,8 @@ from llmwise.errors import (
 from . import calls
 from .limits import LimitsSnapshot
 from .providers.base import ChatMessage, StreamEvent, Usage
+from .routing.auto import AUTO_MODEL
+from .routing.policies import POLICY_NAME_MAX_CHARS
 from .selectors import catalog_list
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -111,7 +113,7 @@ def parse_openai_chat(body: dict[str, Any]) -> calls.ChatInput:
     """Validate an OpenAI chat-completions body into a :class:`calls.ChatInput`."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise _bad("'model' is required: a model id such as 'gpt-4o-mini'.", "model")
+        raise _bad("'model' is required: a model id such as 'gpt-4o-mini', or 'auto'.", "model")
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise _bad("'messages' must be a non-empty list.", "messages")
@@ -146,6 +148,12 @@ def parse_openai_chat(body: dict[str, Any]) -> calls.ChatInput:
     if user is not None and not isinstance(user, str):
         raise _bad("user must be a string.", "user")
     fallbacks, mesh = _parse_mesh(body)
+    if model.strip() == AUTO_MODEL and fallbacks:
+        raise _bad(
+            "fallbacks cannot be combined with model 'auto': the auto-router builds its own "
+            "chain of same-tier alternatives.",
+            "fallbacks",
+        )
     return calls.ChatInput(
         model=model.strip(),
         messages=tuple(messages),
@@ -157,7 +165,23 @@ def parse_openai_chat(body: dict[str, Any]) -> calls.ChatInput:
         user=user,
         fallbacks=fallbacks,
         mesh=mesh,
+        policy=_parse_policy(body),
     )
+
+
+def _parse_policy(body: dict[str, Any]) -> str | None:
+    """``"policy": "<name>"``: run under this routing policy of the organization instead of the
+    key's pinned one or the org default. Whether it exists is the call service's to say (404)."""
+    policy = body.get("policy")
+    if policy is None:
+        return None
+    if not isinstance(policy, str) or not policy.strip() or len(policy) > POLICY_NAME_MAX_CHARS:
+        raise _bad(
+            f"policy must be the name of one of your routing policies (at most "
+            f"{POLICY_NAME_MAX_CHARS} characters).",
+            "policy",
+        )
+    return policy.strip()
 
 
 def _parse_mesh(body: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
@@ -305,6 +329,8 @@ def outcome_headers(outcome: calls.ChatOutcome) -> dict[str, str]:
         "x-llmwise-cost-micros": str(outcome.charged_micros),
         "x-llmwise-overhead-ms": str(outcome.overhead_ms),
         **(outcome.limits.headers() if outcome.limits else {}),
+        # Only when the org's response cache was consulted (enabled, not zero retention).
+        **({"x-llmwise-cache": outcome.cache} if outcome.cache else {}),
     }
 
 

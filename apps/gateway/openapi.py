@@ -69,7 +69,8 @@ are translated, never passed through: `provider` names the upstream that failed.
 
 **Headers.** Every response carries `x-request-id` (yours if you sent a sane one, else ours).
 Successful calls add `x-llmwise-model` (the model that answered), `x-llmwise-cost-micros` (the
-charge) and `x-llmwise-overhead-ms` (time spent in the gateway, the upstream call excluded).
+charge) and `x-llmwise-overhead-ms` (time spent in the gateway, the upstream call excluded);
+`x-llmwise-cache: hit | miss` when the organization's response cache is on.
 429 and 503 (Anthropic endpoint: 529) answers carry `Retry-After` (seconds) when a wait is known.
 """.strip()
 
@@ -112,14 +113,39 @@ HEADERS: Final[dict[str, Schema]] = {
     },
 }
 
+# The routing decision's fields, in every route (OpenAI/Anthropic `llmwise.route`, native `route`).
+_ROUTE_DECISION: Final[Schema] = {
+    "category": {"type": "string", "example": "qa"},
+    "complexity": {"type": "string", "enum": ["low", "medium", "high"]},
+    "tier": {"type": "string", "enum": ["budget", "standard", "frontier"]},
+    "signals": {"type": "array", "items": {"type": "string"}},
+    "chain": {"type": "array", "items": {"type": "string"}},
+    "cache": {
+        "type": "string",
+        "enum": ["hit"],
+        "description": "Answered from the organization's response cache (no attempts).",
+    },
+    "policy": {
+        "type": "object",
+        "description": "The routing policy the request ran under: name, version, "
+        "rule_index, rule, source (request / api_key / org_default), excluded models.",
+        "additionalProperties": True,
+    },
+}
+
 _ROUTE: Final[Schema] = {
     "type": "object",
     "description": "How the request was routed: the model asked for, the model that answered, "
-    "and why (`attempts` lists each model tried, when routing tried more than one).",
+    "and why (`attempts` lists each model tried, when routing tried more than one). "
+    'docs/routing.md, "How a request is routed", describes every field.',
     "properties": {
         "requested": {"type": "string", "example": "auto"},
-        "chosen": {"type": "string", "example": "gpt-4o-mini"},
-        "reason": {"type": "string", "example": "requested"},
+        "chosen": {"type": "string", "nullable": True, "example": "gpt-4o-mini"},
+        "reason": {
+            "type": "string",
+            "example": "qa, low complexity → budget tier: cheapest healthy model",
+        },
+        **_ROUTE_DECISION,
         "attempts": {
             "type": "array",
             "items": {"type": "object", "additionalProperties": True},
@@ -279,6 +305,12 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "default": False,
                 "description": "Without `fallbacks`: fail over to the default alternatives of "
                 "the model's tier.",
+            },
+            "policy": {
+                "type": "string",
+                "description": "Run under this routing policy of your organization (else the "
+                "key's pinned policy, else the organization's default). Unknown: 404 "
+                "`policy_not_found`.",
             },
         },
         "required": ["model", "messages"],
@@ -462,9 +494,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "properties": {
             "model": {
                 "type": "string",
-                "description": "A catalog model id or alias. `auto` asks the router to choose; "
-                "where automatic routing is not enabled yet it answers 400 "
-                "`auto_routing_unavailable`.",
+                "description": "A catalog model id or alias, or `auto`: the auto-router picks "
+                "the cheapest model that fits the task (the `route` explains the choice).",
                 "example": "gpt-4o-mini",
             },
             "messages": {
@@ -512,6 +543,12 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "default": False,
                 "description": "Without `fallbacks`: fail over to the default alternatives of "
                 "the model's tier.",
+            },
+            "policy": {
+                "type": "string",
+                "description": "Run under this routing policy of your organization (else the "
+                "key's pinned policy, else the organization's default). Unknown: 404 "
+                "`policy_not_found`.",
             },
         },
         "required": ["model", "messages"],
@@ -569,6 +606,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "requested": {"type": "string", "nullable": True},
             "chosen": {"type": "string"},
             "reason": {"type": "string", "example": "requested"},
+            **_ROUTE_DECISION,
             "attempts": {
                 "type": "array",
                 "items": {

@@ -7,11 +7,14 @@ pinned one, else the organization's default, else none.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db.models import QuerySet
 
 from apps.accounts.models import ApiKey, Organization
@@ -202,6 +205,39 @@ def policy_for(
 
 
 apolicy_for = sync_to_async(policy_for)
+
+
+# (organization id, creation time, API key id, requested name) → (expires, selection). The
+# creation time guards against a reused id naming another organization. A named policy that does
+# not exist is not remembered: the 404 costs its one query each time, as it should.
+_PolicyCacheKey = tuple[int, datetime, int | None, str]
+_policy_cache: dict[_PolicyCacheKey, tuple[float, SelectedPolicy | None]] = {}
+POLICY_CACHE_MAX_ENTRIES = 10_000
+
+
+def policy_cache_clear(*, org: Organization) -> None:
+    """Forget which policy ``org``'s requests run under (after any change to its policies or
+    pins; :mod:`.policy_services` calls it on every write, and again on commit)."""
+    for cache_key in [k for k in _policy_cache if k[0] == org.pk]:
+        _policy_cache.pop(cache_key, None)
+
+
+async def apolicy_for_cached(
+    *, org: Organization, api_key: ApiKey | None, requested_name: str | None
+) -> SelectedPolicy | None:
+    """:func:`policy_for` remembered in-process for ``GATEWAY_POLICY_CACHE_SECONDS``: the hot
+    path asks it on every request, and most organizations have no policy at all (which is
+    remembered too). Treat the selection as read-only: it is shared."""
+    cache_key = (org.pk, org.created_at, api_key.pk if api_key else None, requested_name or "")
+    now = time.monotonic()
+    cached = _policy_cache.get(cache_key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    selected = await apolicy_for(org=org, api_key=api_key, requested_name=requested_name)
+    if len(_policy_cache) >= POLICY_CACHE_MAX_ENTRIES:
+        _policy_cache.clear()
+    _policy_cache[cache_key] = (now + settings.GATEWAY_POLICY_CACHE_SECONDS, selected)
+    return selected
 
 
 # --- dry run ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from llmwise.errors import ApplicationError, Conflict, NotFound
 from .models import ApiKeyPolicyPin, RoutingPolicy, RoutingPolicyVersion
 from .policy_selectors import (
     api_key_of,
+    policy_cache_clear,
     policy_catalog,
     routing_policy_dependents,
     routing_policy_documents,
@@ -44,6 +45,10 @@ NOTE_MAX_CHARS = 200
 
 def _lock_org(org: Organization) -> None:
     Organization.objects.select_for_update().filter(pk=org.pk).first()
+    # Every write starts here: forget which policy this org's requests run under, now and again
+    # once committed (a request in between may have cached the state being replaced).
+    policy_cache_clear(org=org)
+    transaction.on_commit(lambda: policy_cache_clear(org=org))
 
 
 def _parsed(*, text: str | None, document: Any) -> tuple[Any, Mapping[str, int]]:

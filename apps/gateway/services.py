@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from apps.accounts.models import Organization, Role, User
+from apps.accounts.services import audit_record, membership_require
+from llmwise.errors import ApplicationError
+
 from .catalog_data import MODELS, write_catalog
-from .models import CatalogModel, ModelAlias
+from .models import (
+    CACHE_FEE_MAX_MICROS,
+    CACHE_TTL_MAX_SECONDS,
+    CatalogModel,
+    ModelAlias,
+    OrgGatewaySettings,
+)
+from .response_cache import cache_settings_clear
 
 
 @transaction.atomic
@@ -14,3 +25,52 @@ def catalog_seed() -> int:
     models the seed holds."""
     write_catalog(CatalogModel, ModelAlias)
     return len(MODELS)
+
+
+@transaction.atomic
+def org_gateway_settings_update(
+    *,
+    org: Organization,
+    actor: User | None,
+    cache_enabled: bool,
+    cache_ttl_seconds: int,
+    cache_fee_micros: int,
+) -> OrgGatewaySettings:
+    """Set ``org``'s response-cache options (owners and admins; audit-logged when changed)."""
+    membership_require(org=org, user=actor, role=Role.ADMIN)
+    if not 1 <= cache_ttl_seconds <= CACHE_TTL_MAX_SECONDS:
+        raise ApplicationError(
+            f"The cache TTL is from 1 to {CACHE_TTL_MAX_SECONDS} seconds.",
+            param="cache_ttl_seconds",
+        )
+    if not 0 <= cache_fee_micros <= CACHE_FEE_MAX_MICROS:
+        raise ApplicationError(
+            f"The fee per cache hit is from 0 to {CACHE_FEE_MAX_MICROS} micro-USD.",
+            param="cache_fee_micros",
+        )
+    row, _ = OrgGatewaySettings.objects.select_for_update().get_or_create(organization=org)
+    before = {
+        "cache_enabled": row.cache_enabled,
+        "cache_ttl_seconds": row.cache_ttl_seconds,
+        "cache_fee_micros": row.cache_fee_micros,
+    }
+    after = {
+        "cache_enabled": cache_enabled,
+        "cache_ttl_seconds": cache_ttl_seconds,
+        "cache_fee_micros": cache_fee_micros,
+    }
+    if before != after:
+        for name, value in after.items():
+            setattr(row, name, value)
+        row.save()
+        audit_record(
+            org=org,
+            actor=actor,
+            action="gateway_settings.update",
+            target="response_cache",
+            data={"from": before, "to": after},
+        )
+    # Now for this process, and again once committed (a request may re-read the old row).
+    cache_settings_clear(org=org)
+    transaction.on_commit(lambda: cache_settings_clear(org=org))
+    return row

@@ -453,6 +453,10 @@ GATEWAY_MESH_DEFAULT_CHAINS: dict[str, list[str]] = {
     "standard": env.list("GATEWAY_MESH_CHAIN_STANDARD", default=[]),
     "frontier": env.list("GATEWAY_MESH_CHAIN_FRONTIER", default=[]),
 }
+# Which routing policy a request runs under (its key's pin, the org default) is remembered
+# in-process this long: a policy change applies at once in the process that made it, in the
+# others within this delay. Without it every request would cost two queries.
+GATEWAY_POLICY_CACHE_SECONDS: float = env.float("GATEWAY_POLICY_CACHE_SECONDS", default=5.0)
 
 # --- analytics --------------------------------------------------------------------------------
 # Usage rollups (apps.gateway.rollups, docs/analytics.md): the request log folded into hourly and

@@ -122,6 +122,8 @@ def test_answer_carries_model_usage_cost_latency_and_route(personas: Personas) -
         "requested": MODEL,
         "chosen": MODEL,
         "reason": "requested",
+        "category": "qa",
+        "complexity": "low",
         "attempts": [
             {
                 "model": MODEL,
@@ -160,7 +162,9 @@ def test_alias_answers_with_the_model_used(personas: Personas) -> None:
         ("{not json", 400, "invalid_request", None),
         ([1, 2], 400, "invalid_request", None),
         ({**_chat(), "max_token": 5}, 400, "unknown_parameter", "max_token"),
-        ({**_chat(), "model": "auto"}, 400, "auto_routing_unavailable", "model"),
+        ({**_chat(), "model": "auto", "fallbacks": [MODEL]}, 400, "invalid_request", "fallbacks"),
+        ({**_chat(), "policy": ""}, 400, "invalid_request", "policy"),
+        ({**_chat(), "policy": "no-such-policy"}, 404, "policy_not_found", "policy"),
         ({"messages": [{"role": "user", "content": "x"}]}, 400, "invalid_request", "model"),
         ({"model": MODEL, "messages": []}, 400, "invalid_request", "messages"),
         (

@@ -230,7 +230,7 @@ BAD_FRAMES: list[tuple[Any, str, str | None]] = [
     ('{"type": "shout"}', "invalid_request", "type"),
     ('{"type": "chat", "model": "gpt-4o-mini"}', "invalid_request", "id"),
     ('{"type": "cancel", "id": "nope"}', "invalid_request", "id"),
-    (_chat(model="auto"), "auto_routing_unavailable", "model"),
+    (_chat(model="auto", fallbacks=["gpt-4o-mini"]), "invalid_request", "fallbacks"),
     (_chat(messages=[]), "invalid_request", "messages"),
     (_chat(messages=[{"role": "tool", "content": "x"}]), "invalid_request", "messages.0.role"),
     (_chat(max_tokens=0), "invalid_request", "max_tokens"),
