@@ -31,6 +31,9 @@ class EmbeddedScheduler:
         self.runs: dict[str, int] = dict.fromkeys(self.schedule, 0)
 
     def start(self) -> None:
+        # Beat entries name tasks by dotted path; make sure every app's tasks module is loaded
+        # (a worker does this at start; this process may not have imported them yet).
+        current_app.loader.import_default_modules()
         if self._thread is None and self.schedule:
             self._thread = threading.Thread(target=self._loop, name="embedded-beat", daemon=True)
             self._thread.start()

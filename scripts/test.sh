@@ -10,5 +10,7 @@ echo "==> ruff"
 .venv/bin/ruff format --check .
 echo "==> mypy"
 .venv/bin/mypy .
+echo "==> dependency audit (pip-audit; skipped with a message when the advisory service is unreachable)"
+.venv/bin/python scripts/dependency_audit.py
 echo "==> pytest"
 exec .venv/bin/pytest -n "${PYTEST_WORKERS:-auto}" "$@"

@@ -111,6 +111,7 @@ def test_embedded_scheduler_runs_periodic_celery_tasks() -> None:
 
 
 def test_beat_schedule_names_registered_tasks() -> None:
+    celery_app.loader.import_default_modules()  # what a worker (and the embedded beat) does
     for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
         assert entry["task"] in celery_app.tasks, name
 

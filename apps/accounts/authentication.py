@@ -4,11 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.http import HttpRequest
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from . import services
 from .models import ApiKey
+
+
+def client_ip(request: HttpRequest | Request) -> str | None:
+    """The caller's IP address, for per-IP limits.
+
+    ``REMOTE_ADDR``, unless ``ALLAUTH_TRUSTED_PROXY_COUNT`` (env ``TRUSTED_PROXY_COUNT``) says
+    that many proxies of ours append to ``X-Forwarded-For``: then the address the outermost of
+    them saw. The same setting drives allauth's login limits, so both agree on who the client is.
+    A client-sent X-Forwarded-For is never trusted beyond that.
+    """
+    meta = request.META
+    proxies: int = settings.ALLAUTH_TRUSTED_PROXY_COUNT
+    forwarded = meta.get("HTTP_X_FORWARDED_FOR", "")
+    if proxies > 0 and forwarded:
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if len(hops) >= proxies:
+            return hops[-proxies]
+    address = meta.get("REMOTE_ADDR")
+    return str(address) if address else None
 
 
 class ApiKeyPrincipal:
@@ -42,7 +63,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         secret = secret.strip()
         if not secret:
             return None
-        key = services.api_key_authenticate(secret=secret)
+        try:
+            key = services.api_key_authenticate_limited(secret=secret, client_ip=client_ip(request))
+        except services.TooManyFailedAuthentications as exc:
+            # Throttled: the API's error handler answers 429 with Retry-After in our envelope.
+            raise exceptions.Throttled(wait=exc.retry_after, detail=exc.message) from exc
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked API key.")
         return ApiKeyPrincipal(key), key

@@ -7,7 +7,9 @@ don't use them cost no query.
 
 from __future__ import annotations
 
-from django.http import HttpRequest
+from http import HTTPStatus
+
+from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject
 
 from llmwise.middleware import DualModeMiddleware
@@ -37,6 +39,22 @@ class CurrentOrganizationMiddleware(DualModeMiddleware):
         request.org = SimpleLazyObject(  # type: ignore[attr-defined]
             lambda: membership.organization if membership else None
         )
+
+
+class RateLimitStatusMiddleware(DualModeMiddleware):
+    """A sign-in refused by a rate limit answers 429 with Retry-After, not 200.
+
+    allauth shows "too many failed login attempts" as a form error on an ordinary page; the
+    account adapter marks such a request (``rate_limit_retry_after``) and this sets the status,
+    so clients, proxies and monitoring see the refusal for what it is.
+    """
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        retry_after = getattr(request, "rate_limit_retry_after", None)
+        if retry_after is not None and response.status_code == HTTPStatus.OK:
+            response.status_code = HTTPStatus.TOO_MANY_REQUESTS
+            response["Retry-After"] = str(int(retry_after))
+        return response
 
 
 class AuthedRequest(HttpRequest):

@@ -558,6 +558,7 @@ def api_key_caches_clear() -> None:
     """Forget every remembered key and last-used mark (tests; operators after bulk changes)."""
     _key_cache.clear()
     _last_marked.clear()
+    _blocked_ips.clear()
 
 
 def api_key_mark_used(*, key: ApiKey) -> None:
@@ -572,3 +573,69 @@ def api_key_mark_used(*, key: ApiKey) -> None:
         stamp = timezone.now()
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=stamp)
         key.last_used_at = stamp
+
+
+# --- brute-force limit on API-key authentication ------------------------------------------------
+class TooManyFailedAuthentications(ApplicationError):
+    """An IP address failed API-key authentication too often: 429 with Retry-After."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "too_many_failed_authentications"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+BLOCKED_IPS_MAX_ENTRIES = 10_000
+_blocked_ips: dict[str, float] = {}  # client IP → monotonic time its block ends (this process)
+
+
+def api_key_authenticate_limited(*, secret: str, client_ip: str | None) -> ApiKey | None:
+    """:func:`api_key_authenticate`, refusing an IP address that failed too often.
+
+    More than ``API_KEY_AUTH_FAILURES_PER_IP`` failed attempts from one IP within a window of
+    ``API_KEY_AUTH_FAILURE_WINDOW_SECONDS`` raise :class:`TooManyFailedAuthentications` (429)
+    until the window ends, for every attempt from that IP, right keys included (a blocked
+    guesser learns nothing). Counts live in the shared cache (Redis in scale-out), so every
+    process sees them; a process that saw the limit crossed then refuses that IP from memory,
+    without a database lookup. A successful authentication costs nothing extra: the counter is
+    touched on the failure path only. ``client_ip=None`` (unknown) is not limited.
+    """
+    limit: int = settings.API_KEY_AUTH_FAILURES_PER_IP
+    if not client_ip or limit <= 0:
+        return api_key_authenticate(secret=secret)
+    now = time.monotonic()
+    blocked_until = _blocked_ips.get(client_ip)
+    if blocked_until is not None:
+        if blocked_until > now:
+            raise _too_many(blocked_until - now)
+        _blocked_ips.pop(client_ip, None)
+    key = api_key_authenticate(secret=secret)
+    if key is not None:
+        return key
+    window: int = settings.API_KEY_AUTH_FAILURE_WINDOW_SECONDS
+    wall = time.time()
+    bucket = int(wall // window)
+    counter = f"api_key:auth_failures:{client_ip}:{bucket}"
+    cache.add(counter, 0, timeout=window * 2)
+    try:
+        failures = cache.incr(counter)
+    except ValueError:  # evicted between add and incr
+        cache.set(counter, 1, timeout=window * 2)
+        failures = 1
+    if failures > limit:
+        retry_after = (bucket + 1) * window - wall
+        if len(_blocked_ips) >= BLOCKED_IPS_MAX_ENTRIES:
+            _blocked_ips.clear()
+        _blocked_ips[client_ip] = now + retry_after
+        raise _too_many(retry_after)
+    return None
+
+
+def _too_many(retry_after: float) -> TooManyFailedAuthentications:
+    return TooManyFailedAuthentications(
+        "Too many failed API key attempts from your address; try again later.",
+        retry_after=max(retry_after, 1.0),
+    )

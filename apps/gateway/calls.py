@@ -222,7 +222,10 @@ def _log(
         prompt=[{"role": m.role, "content": m.content} for m in chat.messages]
         if keep_text
         else None,
-        completion=result.text if result is not None and keep_text else "",
+        # An upstream answer may carry NUL, which PostgreSQL text cannot store.
+        completion=result.text.replace("\x00", "\ufffd")
+        if result is not None and keep_text
+        else "",
         created_at=timezone.now(),
     )
 
@@ -605,9 +608,22 @@ def _upstream(chat: ChatInput, model: CatalogModel) -> ChatRequest:
     )
 
 
+def _refuse_nul(chat: ChatInput) -> None:
+    """NUL cannot be stored (PostgreSQL text/jsonb) nor means anything in a prompt: refuse it
+    before anything is held or sent, whatever format the request came in."""
+    for index, message in enumerate(chat.messages):
+        if "\x00" in message.content:
+            raise ApplicationError(
+                "Message text may not contain NUL (\\u0000) characters.",
+                code="invalid_request",
+                param=f"messages.{index}.content",
+            )
+
+
 async def hold_estimate(*, api_key: ApiKey, chat: ChatInput) -> int:
     """What :func:`chat_call` would hold for ``chat`` (0 when every member is BYOK), without
     holding anything: a fan-out (orchestration) reserves the sum of these up front."""
+    _refuse_nul(chat)
     models = (await _route(api_key=api_key, chat=chat, fan_out=True)).models
     prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
     billed = []
@@ -640,6 +656,7 @@ async def _prepare(
     parent_request_id: str = "",
     routing: _Routing | None = None,
 ) -> _Prepared:
+    _refuse_nul(chat)
     if routing is None:
         fan_out = parent_hold is not None or bool(parent_request_id)
         routing = await _route(api_key=api_key, chat=chat, fan_out=fan_out)

@@ -18,8 +18,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.accounts.authentication import client_ip
 from apps.accounts.models import ApiKey
-from apps.accounts.services import api_key_authenticate
+from apps.accounts.services import api_key_authenticate_limited
 from llmwise.errors import (
     ApplicationError,
     Unauthenticated,
@@ -64,7 +65,9 @@ async def authenticate(request: HttpRequest) -> ApiKey:
     secret = secret.strip()
     if not secret:
         raise Unauthenticated("No API key: send 'Authorization: Bearer <your LLMWise API key>'.")
-    key = await sync_to_async(api_key_authenticate)(secret=secret)
+    key = await sync_to_async(api_key_authenticate_limited)(
+        secret=secret, client_ip=client_ip(request)
+    )
     if key is None:
         raise Unauthenticated("Invalid, expired or revoked API key.")
     return key

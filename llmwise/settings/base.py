@@ -56,6 +56,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "llmwise.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "llmwise.csp.ContentSecurityPolicyMiddleware",
     "llmwise.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -64,6 +65,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "apps.accounts.middleware.RateLimitStatusMiddleware",
     "apps.accounts.middleware.CurrentOrganizationMiddleware",
 ]
 
@@ -534,3 +536,71 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+# --- security ---------------------------------------------------------------------------------
+# What is protected and how: docs/security.md.
+# Social sign-in URLs of a provider without credentials answer 404, not a 500.
+SOCIALACCOUNT_ADAPTER = "apps.accounts.adapters.SocialAccountAdapter"
+# Content-Security-Policy (django-csp 4, llmwise.csp): every script, style, font and image from
+# this server only. No inline scripts or styles and no eval (htmx is configured without it in
+# templates/base.html); Pico's icons are data: images. Pages that need more set their own
+# header, which the middleware leaves alone (the Redoc reference: docs_views.REFERENCE_CSP).
+CONTENT_SECURITY_POLICY: dict[str, Any] = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        # 'self' covers the playground's same-origin WebSocket (ws:/wss:) too.
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+# Secrets out of logs and error reports (llmwise/logging.py): every handler redacts API keys,
+# provider and Stripe keys, webhook secrets/signatures and Authorization-style headers; error
+# reports hide them by value as well as by name. Applied to every handler defined above, so a
+# handler added later in this file must list "redact_secrets" itself (a test checks).
+_logging: Any = LOGGING  # a plain dict literal above; typed loosely to extend it
+_logging.setdefault("filters", {})["redact_secrets"] = {
+    "()": "llmwise.logging.SecretRedactionFilter"
+}
+for _handler in _logging["handlers"].values():
+    if "redact_secrets" not in _handler.setdefault("filters", []):
+        _handler["filters"].append("redact_secrets")
+DEFAULT_EXCEPTION_REPORTER_FILTER = "llmwise.logging.SecretRedactingExceptionReporterFilter"
+# Brute force. Sign-in, sign-up and password reset: allauth's limits (per IP, and per account as
+# "key" = the email tried), answered with a 429 page. Test settings switch them off; the security
+# tests switch them back on.
+ACCOUNT_RATE_LIMITS: dict[str, str] | bool = {
+    "login": "30/m/ip",
+    "login_failed": "10/m/ip,5/5m/key",  # 5 wrong passwords for one account → 5 minutes off
+    "signup": "10/m/ip,100/h/ip",
+    "reset_password": "10/m/ip,3/15m/key",
+    "reset_password_from_key": "20/m/ip",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+    "confirm_email": "1/3m/key",
+}
+# API keys: more failed attempts than this from one IP within the window → 429 with Retry-After
+# for every attempt from it until the window ends (apps.accounts.services.
+# api_key_authenticate_limited). 0 switches it off.
+API_KEY_AUTH_FAILURES_PER_IP: int = env.int("API_KEY_AUTH_FAILURES_PER_IP", default=20)
+API_KEY_AUTH_FAILURE_WINDOW_SECONDS: int = env.int(
+    "API_KEY_AUTH_FAILURE_WINDOW_SECONDS", default=60
+)
+# Proxies of ours in front of the app that append to X-Forwarded-For (0: use REMOTE_ADDR). Used
+# for every per-IP limit, allauth's and ours.
+ALLAUTH_TRUSTED_PROXY_COUNT: int = env.int("TRUSTED_PROXY_COUNT", default=0)
+# The API schema documents every key-authenticated operation's error responses (400/401/404/429
+# in the envelope), so clients and the fuzz tests know them (apps.accounts.schema).
+_spectacular: Any = SPECTACULAR_SETTINGS
+_spectacular["POSTPROCESSING_HOOKS"] = [
+    *_spectacular["POSTPROCESSING_HOOKS"],
+    "apps.accounts.schema.error_responses_hook",
+]
