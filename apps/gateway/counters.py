@@ -33,6 +33,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 Clock = Callable[[], float]
 
@@ -565,8 +567,34 @@ def counters_redis_url() -> str:
     return ""
 
 
+_COUNTER_SETTINGS = frozenset(
+    {
+        "GATEWAY_COUNTERS_BACKEND",
+        "GATEWAY_COUNTERS_REDIS_URL",
+        "GATEWAY_COUNTERS_MAX_ENTRIES",
+        "CACHES",
+    }
+)
+_current: Counters | None = None  # resolved once; the hot path (health checks) calls this a lot
+
+
+@receiver(setting_changed)
+def _forget_resolved_backend(*, setting: str, **kwargs: object) -> None:
+    global _current
+    if setting in _COUNTER_SETTINGS:
+        _current = None
+
+
 def counters() -> Counters:
     """The configured backend (one instance per configuration, shared by the process)."""
+    current = _current
+    if current is not None:
+        return current
+    return _resolve_counters()
+
+
+def _resolve_counters() -> Counters:
+    global _current
     choice = settings.GATEWAY_COUNTERS_BACKEND or ""
     url = counters_redis_url()
     if not choice:
@@ -587,4 +615,5 @@ def counters() -> Counters:
                     else MemoryCounters(max_entries=config[2])
                 )
                 _backends[config] = backend
+    _current = backend
     return backend
