@@ -186,6 +186,7 @@ def _log(
     parent_request_id: str = "",
     category: str = "",
     cache_hit: bool = False,
+    ttft_ms: int | None = None,
 ) -> RequestLog:
     usage = result.usage if result is not None else Usage(0, 0)
     keep_text = api_key.retains_text  # the key's setting, else the organization's
@@ -216,6 +217,7 @@ def _log(
         byok=byok,
         latency_ms=_elapsed_ms(started),
         upstream_ms=upstream_ms,
+        ttft_ms=ttft_ms,
         route=route,
         category=category,
         cache_hit=cache_hit,
@@ -1087,11 +1089,13 @@ async def _stream_events(
     usage: Usage | None = None
     error: ApplicationError | None = None
     member: Member | None = None
+    ttft_ms: int | None = None
     try:
         member, (upstream, first) = await _walk(
             run, _stream_open, deadline_s=prepared.routing.deadline_s
         )
         latency = _elapsed_ms(run.answered_at)
+        ttft_ms = _elapsed_ms(prepared.log["started"])
         run.answered(member, latency)
         assert run.gate is not None  # noqa: S101 - set by the answering attempt
         # In the background: the first byte to the client must not wait for the counters.
@@ -1131,6 +1135,7 @@ async def _stream_events(
             "reservation": reservation,
             "error": error,
             **prepared.log_for(run, chat, answered=member is not None),
+            "ttft_ms": ttft_ms,
         }
         if error is None:
             settle["http_status"] = 200

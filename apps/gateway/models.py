@@ -144,6 +144,8 @@ class RequestLog(models.Model):
     byok = models.BooleanField(default=False)
     latency_ms = models.PositiveIntegerField(default=0)
     upstream_ms = models.PositiveIntegerField(default=0)
+    # Streams: from the request's arrival to the first event of the answer (None otherwise).
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     route = models.JSONField(default=dict, blank=True)
     # The auto-router's task category for this conversation ('' when not classified).
     category = models.CharField(max_length=40, blank=True)

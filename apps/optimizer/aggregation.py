@@ -52,6 +52,7 @@ class Cell:
     fallback_answers: int = 0  # answered by a fallback after an earlier member failed
     multi_attempt: int = 0  # needed more than one attempt
     histogram: dict[int, int] = field(default_factory=dict)
+    ttft_histogram: dict[int, int] = field(default_factory=dict)  # streamed answers only
 
     def add(self, other: Cell) -> None:
         self.requests += other.requests
@@ -62,6 +63,7 @@ class Cell:
         self.fallback_answers += other.fallback_answers
         self.multi_attempt += other.multi_attempt
         histogram_merge(self.histogram, other.histogram)
+        histogram_merge(self.ttft_histogram, other.ttft_histogram)
 
     @property
     def error_rate(self) -> float:
@@ -84,6 +86,7 @@ class Cell:
             "error_rate": round(self.error_rate, 4),
             "p50_ms": self.percentile(P50),
             "p95_ms": self.percentile(P95),
+            "ttft_p50_ms": _rounded(latency_percentile(self.ttft_histogram, P50)),
             "avg_prompt_tokens": round(self.prompt_tokens / ok, 1) if ok else 0,
             "avg_completion_tokens": round(self.completion_tokens / ok, 1) if ok else 0,
             "cost_micros": self.cost_micros,
@@ -92,6 +95,10 @@ class Cell:
             if self.requests
             else 0.0,
         }
+
+
+def _rounded(value: float | None) -> int | None:
+    return None if value is None else round(value)
 
 
 @dataclass
@@ -209,6 +216,7 @@ SCAN_FIELDS = (
     "status",
     "route",
     "latency_ms",
+    "ttft_ms",
     "prompt_tokens",
     "completion_tokens",
     "cost_micros",
@@ -269,6 +277,7 @@ def traffic_scan(
             status,
             route,
             latency_ms,
+            ttft_ms,
             prompt_tokens,
             completion_tokens,
             cost,
@@ -290,6 +299,9 @@ def traffic_scan(
                 cell.completion_tokens += completion_tokens
                 bucket = latency_bucket(latency_ms)
                 cell.histogram[bucket] = cell.histogram.get(bucket, 0) + 1
+                if ttft_ms is not None:
+                    first = latency_bucket(ttft_ms)
+                    cell.ttft_histogram[first] = cell.ttft_histogram.get(first, 0) + 1
             cell.cost_micros += cost
             if route.get("reason") == "fallback":
                 cell.fallback_answers += 1

@@ -91,6 +91,8 @@ def test_sdk_stream_with_usage_is_billed_to_the_reported_usage(
     )
     log = _wait_for_log(chunks[0].id.removeprefix("chatcmpl-"))
     assert (log.status, log.stream, log.usage_estimated) == ("ok", True, False)
+    assert log.ttft_ms is not None
+    assert log.ttft_ms <= log.latency_ms
     assert log.cost_micros == expected
     assert log.completion == text
     assert _wallet(personas).balance_micros == FUNDS - expected

@@ -159,3 +159,19 @@ def test_old_traffic_outside_the_window_is_ignored(
     rows(personas.org, count=50, model=CURRENT, ago=timedelta(days=20))
     _run(personas)
     assert OptimizerRun.objects.get(organization=personas.org).rows_scanned == 0
+
+
+@pytest.mark.usefixtures("catalog")
+def test_time_to_first_token_is_aggregated_for_streamed_answers(personas: Personas) -> None:
+    from django.utils import timezone
+
+    from apps.optimizer.aggregation import traffic_scan
+
+    rows(personas.org, count=20, model=CHEAP, ttft_ms=120, stream=True)
+    rows(personas.org, count=10, model=CHEAP)  # not streamed: no TTFT
+    now = timezone.now()
+    traffic = traffic_scan(org=personas.org, start=now - timedelta(days=1), end=now)
+    summary = traffic.cells[(CHEAP, "classification")].summary()
+    assert summary["requests"] == 30
+    assert summary["ttft_p50_ms"] is not None
+    assert 100 <= summary["ttft_p50_ms"] <= 150  # histogram buckets: within one bucket's width
