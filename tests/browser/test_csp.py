@@ -117,10 +117,14 @@ def test_main_pages_raise_no_csp_violation(live_server: object, page: Page) -> N
     assert page.evaluate("window.__cspViolations") == []
 
     # The org switcher submits on change (static/js/forms.js, formerly onchange=).
+    # Wait for each switch's form submission to land before going on: the option shows as
+    # chosen at once, before the server has stored the new current organization.
     switcher = page.locator("#org-switch")
-    switcher.select_option(label="Second org")
+    with page.expect_navigation():
+        switcher.select_option(label="Second org")
     expect(page.locator("#org-switch option:checked")).to_have_text("Second org")
-    switcher.select_option(label="Acme")
+    with page.expect_navigation():
+        switcher.select_option(label="Acme")
     expect(page.locator("#org-switch option:checked")).to_have_text("Acme")
 
     # "Delete policy?" asks first (formerly onsubmit=); dismissing keeps the policy.
