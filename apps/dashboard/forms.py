@@ -87,3 +87,10 @@ class OrganizationSettingsForm(forms.Form):
         label="Zero retention",
         help_text="Store no prompt or completion text anywhere; metadata only.",
     )
+    default_chain = forms.CharField(
+        required=False,
+        max_length=500,
+        label="Default failover chain",
+        help_text='Comma-separated model ids tried in order when a request says "mesh": true. '
+        "Empty: other models of the same tier.",
+    )

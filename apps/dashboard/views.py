@@ -11,6 +11,7 @@ from collections.abc import Callable
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -20,7 +21,9 @@ from apps.accounts.decorators import View, org_page
 from apps.accounts.middleware import SESSION_KEY, AuthedRequest, OrgRequest
 from apps.accounts.models import Role
 from apps.gateway import analytics
+from apps.gateway.models import OrgGatewaySettings
 from apps.gateway.rollups import rollups_last_run
+from apps.gateway.services import org_default_chain_set
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
 from .forms import ApiKeyCreateForm, InvitationForm, OrganizationForm, OrganizationSettingsForm
@@ -312,18 +315,30 @@ def org_create(request: AuthedRequest) -> HttpResponse:
 @org_page()
 def org_settings(request: OrgRequest) -> HttpResponse:
     org = request.org
-    initial = {"name": org.name, "zero_retention": org.zero_retention}
+    gateway_settings = OrgGatewaySettings.objects.filter(organization=org).first()
+    chain = gateway_settings.default_chain if gateway_settings is not None else []
+    initial = {
+        "name": org.name,
+        "zero_retention": org.zero_retention,
+        "default_chain": ", ".join(chain),
+    }
     form = OrganizationSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST":
         if not request.membership.has_role(Role.ADMIN):
             raise PermissionDenied("Only admins and owners change settings.")
         if form.is_valid():
-            services.organization_update(
-                org=org,
-                actor=request.user,
-                name=form.cleaned_data["name"],
-                zero_retention=form.cleaned_data["zero_retention"],
-            )
+            with transaction.atomic():
+                services.organization_update(
+                    org=org,
+                    actor=request.user,
+                    name=form.cleaned_data["name"],
+                    zero_retention=form.cleaned_data["zero_retention"],
+                )
+                org_default_chain_set(
+                    org=org,
+                    actor=request.user,
+                    model_ids=form.cleaned_data["default_chain"].split(","),
+                )
             messages.success(request, "Settings saved.")
             return redirect("dashboard:settings")
     return render(

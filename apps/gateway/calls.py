@@ -43,7 +43,7 @@ from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
 from .credentials import byok_providers_of, credential_for
 from .limits import Admission, LimitsSnapshot, limits_admit, limits_record, limits_release
-from .models import CatalogModel, ModelAlias, RequestLog
+from .models import CatalogModel, ModelAlias, OrgGatewaySettings, RequestLog
 from .policy_selectors import SelectedPolicy, apolicy_for_cached
 from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros, usage_estimate
 from .providers.base import (
@@ -311,10 +311,25 @@ async def _chain_models(*, api_key: ApiKey, chat: ChatInput) -> list[CatalogMode
             if all(model.id != m.id for m in models):
                 models.append(model)
     elif chat.mesh:
-        models += await mesh_alternatives(
-            model=primary, api_key=api_key, max_tokens=chat.max_tokens
-        )
+        chain = await _org_default_chain(api_key.organization_id)
+        if chain:  # the organization's own chain (Settings), in its order
+            for model_id in chain:
+                member = await acatalog_resolve(model_id=model_id)
+                if member is None:  # disabled since it was chosen: skip it
+                    continue
+                allowed = not api_key.allowed_models or member.id in api_key.allowed_models
+                if allowed and all(member.id != m.id for m in models):
+                    models.append(member)
+        else:
+            models += await mesh_alternatives(
+                model=primary, api_key=api_key, max_tokens=chat.max_tokens
+            )
     return models
+
+
+async def _org_default_chain(org_id: int) -> list[str]:
+    row = await OrgGatewaySettings.objects.filter(organization_id=org_id).afirst()
+    return list(row.default_chain) if row is not None else []
 
 
 def _check_max_tokens(models: list[CatalogModel], chat: ChatInput) -> None:

@@ -423,6 +423,9 @@ class OrgGatewaySettings(models.Model):
     cache_ttl_seconds = models.PositiveIntegerField(default=300)
     # Charged per cache hit (0: hits are free); micro-USD.
     cache_fee_micros = models.PositiveIntegerField(default=0)
+    # The failover chain for `"mesh": true` requests (catalog ids, in order); empty: same-tier
+    # alternatives of the requested model.
+    default_chain = models.JSONField(default=list, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

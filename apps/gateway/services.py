@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import transaction
 
 from apps.accounts.models import Organization, Role, User
@@ -17,6 +18,7 @@ from .models import (
     OrgGatewaySettings,
 )
 from .response_cache import cache_settings_clear
+from .selectors import catalog_resolve
 
 
 @transaction.atomic
@@ -73,4 +75,44 @@ def org_gateway_settings_update(
     # Now for this process, and again once committed (a request may re-read the old row).
     cache_settings_clear(org=org)
     transaction.on_commit(lambda: cache_settings_clear(org=org))
+    return row
+
+
+@transaction.atomic
+def org_default_chain_set(
+    *, org: Organization, actor: User | None, model_ids: list[str]
+) -> OrgGatewaySettings:
+    """Set the failover chain `"mesh": true` requests use (admins; audit-logged when changed).
+
+    Each id must be an enabled catalog model (or alias, stored as its id); at most
+    ``GATEWAY_MESH_MAX_CHAIN`` models, no repeats.
+    """
+    membership_require(org=org, user=actor, role=Role.ADMIN)
+    chain: list[str] = []
+    for index, model_id in enumerate(m.strip() for m in model_ids if m.strip()):
+        model = catalog_resolve(model_id=model_id)
+        if model is None:
+            raise ApplicationError(
+                f"Unknown or disabled model {model_id!r}.", param=f"default_chain.{index}"
+            )
+        if model.id in chain:
+            raise ApplicationError(
+                f"{model.id} is in the chain twice.", param=f"default_chain.{index}"
+            )
+        chain.append(model.id)
+    if len(chain) > settings.GATEWAY_MESH_MAX_CHAIN:
+        raise ApplicationError(
+            f"A chain has at most {settings.GATEWAY_MESH_MAX_CHAIN} models.", param="default_chain"
+        )
+    row, _ = OrgGatewaySettings.objects.select_for_update().get_or_create(organization=org)
+    if row.default_chain != chain:
+        audit_record(
+            org=org,
+            actor=actor,
+            action="gateway.default_chain",
+            target=f"org:{org.pk}",
+            data={"from": row.default_chain, "to": chain},
+        )
+        row.default_chain = chain
+        row.save(update_fields=["default_chain", "updated_at"])
     return row

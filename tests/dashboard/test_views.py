@@ -300,3 +300,26 @@ def test_invitations_addressed_to_me_are_listed_and_joinable(personas: Personas)
     again = client.post(reverse("dashboard:invitation_join", args=[invitation.pk]), follow=True)
     assert "already used" in again.content.decode()
     assert "Invitations for you" not in client.get(reverse("dashboard:overview")).content.decode()
+
+
+@pytest.mark.usefixtures("catalog")
+def test_default_failover_chain_in_settings(personas: Personas) -> None:
+    from apps.gateway.models import OrgGatewaySettings
+
+    url = reverse("dashboard:settings")
+    client = personas.client(personas.admin)
+    response = client.post(
+        url, {"name": "Acme", "default_chain": "claude-haiku-4-5, gpt-4o-mini"}, follow=True
+    )
+    assert response.status_code == 200
+    chain = OrgGatewaySettings.objects.get(organization=personas.org).default_chain
+    assert chain == ["claude-haiku-4.5", "gpt-4o-mini"]  # aliases stored as catalog ids
+    assert "claude-haiku-4.5, gpt-4o-mini" in client.get(url).content.decode()
+
+    # An unknown model saves nothing, not even the other fields.
+    bad = client.post(url, {"name": "Renamed", "default_chain": "gpt-4o-mini, nope"}, follow=True)
+    assert "Unknown or disabled model" in bad.content.decode()
+    personas.org.refresh_from_db()
+    assert personas.org.name == "Acme"
+    assert OrgGatewaySettings.objects.get(organization=personas.org).default_chain == chain
+    assert personas.client(personas.member).post(url, {"name": "x"}).status_code == 403

@@ -519,3 +519,27 @@ def test_a_stream_with_every_provider_down_is_one_503(
     wallet.refresh_from_db()
     assert (wallet.balance_micros, wallet.reserved_micros) == (FUNDS, 0)
     _audit_ok()
+
+
+def test_mesh_uses_the_organizations_default_chain(
+    personas: Personas, faults: FaultControl, sandbox: SandboxServer, settings: Any
+) -> None:
+    from apps.gateway.services import org_default_chain_set
+
+    settings.PROVIDER_SANDBOX = True
+    settings.PROVIDER_SANDBOX_URL = sandbox.base_url
+    wallet = wallet_services.wallet_for_org(org=personas.org)
+    wallet_services.wallet_grant(wallet=wallet, amount_micros=1_000_000, note="chain")
+    org_default_chain_set(org=personas.org, actor=None, model_ids=["gemini-2.5-flash"])
+    secret = account_services.api_key_create(
+        org=personas.org, name="k", created_by=personas.owner
+    ).secret
+    faults.set(provider="openai", fault="http_503")
+    response = Client().post(
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "mesh": True, "messages": [{"role": "user", "content": "hi"}]},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["model"] == "gemini-2.5-flash"
