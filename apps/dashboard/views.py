@@ -17,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.accounts import selectors, services
-from apps.accounts.decorators import View, org_page
+from apps.accounts.decorators import org_page
 from apps.accounts.middleware import SESSION_KEY, AuthedRequest, OrgRequest
 from apps.accounts.models import Role
 from apps.gateway import analytics
@@ -27,13 +27,6 @@ from apps.gateway.services import org_default_chain_set
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
 from .forms import ApiKeyCreateForm, InvitationForm, OrganizationForm, OrganizationSettingsForm
-
-COMING_SOON = {
-    "playground": ("Playground", "Chat, Compare, Blend, Judge and Failover, streaming live."),
-    "billing": ("Billing", "Your balance, credit purchases and invoices."),
-    "routing": ("Routing", "Routing policies, failover chains and provider health."),
-    "recommendations": ("Recommendations", "What to change to spend less, mined from traffic."),
-}
 
 
 @org_page()
@@ -109,21 +102,6 @@ def invitation_join(request: OrgRequest, invitation_id: int) -> HttpResponse:
     request.session[SESSION_KEY] = membership.organization_id
     messages.success(request, f"Welcome to {membership.organization.name}.")
     return redirect("dashboard:overview")
-
-
-def coming_soon(section: str) -> View:
-    title, blurb = COMING_SOON[section]
-
-    @org_page()
-    def page(request: OrgRequest) -> HttpResponse:
-        return render(
-            request,
-            "dashboard/coming_soon.html",
-            {"title": title, "blurb": blurb, "nav": section},
-        )
-
-    page.__name__ = f"{section}_page"
-    return page
 
 
 # --- API keys ---------------------------------------------------------------------------------
