@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
+
+from llmwise.errors import Unauthenticated
 
 from . import services
 from .models import ApiKey
@@ -46,21 +49,31 @@ class ApiKeyPrincipal:
         return f"api_key:{self.api_key.prefix}"
 
 
+BEARER_HINT = "Use 'Authorization: Bearer <your LLMWise API key>'."
+
+
+def api_key_secret(headers: Mapping[str, str]) -> str:
+    """The API key a request carries: ``Authorization: Bearer …``, else ``x-api-key`` (the
+    Anthropic SDK's header, accepted on every endpoint); '' when there is none. Another
+    Authorization scheme raises :class:`Unauthenticated`. Shared by the DRF endpoints and the
+    async gateway views, so both read a key the same way."""
+    header = headers.get("authorization", "")
+    if not header:
+        return headers.get("x-api-key", "").strip()
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated(BEARER_HINT)
+    return secret.strip()
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request: Request) -> tuple[Any, ApiKey] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
-            # The Anthropic SDK sends its key in x-api-key; accept the same for every endpoint.
-            secret = request.headers.get("x-api-key", "")
-        else:
-            scheme, _, secret = header.partition(" ")
-            if scheme.lower() != self.keyword.lower():
-                raise exceptions.AuthenticationFailed(
-                    "Use 'Authorization: Bearer <your LLMWise API key>'."
-                )
-        secret = secret.strip()
+        try:
+            secret = api_key_secret(request.headers)
+        except Unauthenticated as exc:
+            raise exceptions.AuthenticationFailed(exc.message) from exc
         if not secret:
             return None
         try:

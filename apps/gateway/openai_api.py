@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.accounts.authentication import client_ip
+from apps.accounts.authentication import api_key_secret, client_ip
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_authenticate_limited
 from llmwise.errors import (
@@ -56,13 +56,7 @@ def _bad(message: str, param: str | None = None) -> ApplicationError:
 
 async def authenticate(request: HttpRequest) -> ApiKey:
     """The usable API key of ``Authorization: Bearer lw-…`` (or ``x-api-key``), or 401."""
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if not header:
-        secret = request.headers.get("x-api-key", "")
-    elif scheme.lower() != "bearer":
-        raise Unauthenticated("Use 'Authorization: Bearer <your LLMWise API key>'.")
-    secret = secret.strip()
+    secret = api_key_secret(request.headers)
     if not secret:
         raise Unauthenticated("No API key: send 'Authorization: Bearer <your LLMWise API key>'.")
     key = await sync_to_async(api_key_authenticate_limited)(
