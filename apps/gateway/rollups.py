@@ -93,6 +93,7 @@ LOG_FIELDS: tuple[str, ...] = (
     "latency_ms",
     "upstream_ms",
     "route",
+    "category",
     "created_at",
 )
 
@@ -159,7 +160,7 @@ class _Totals:
 
 
 def _category(route: Any) -> str:
-    # The request log has no category column yet: the auto-router records it in the route.
+    # Rows logged before RequestLog.category existed carry the category only in the route.
     if isinstance(route, dict):
         value = route.get("category", "")
         if isinstance(value, str):
@@ -206,6 +207,7 @@ def _aggregate(
         latency_ms,
         upstream_ms,
         route,
+        logged_category,
         created_at,
     ) in rows:
         auto = _is_auto(requested_model, route)
@@ -232,7 +234,7 @@ def _aggregate(
             frontier_cost,
         )
         bucket = latency_bucket(latency_ms)
-        category = _category(route)
+        category = logged_category[:CATEGORY_MAX_LENGTH] or _category(route)
         created = created_at.astimezone(UTC)
         hour = created.replace(minute=0, second=0, microsecond=0)
         day = hour.replace(hour=0)

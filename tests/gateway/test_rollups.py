@@ -320,3 +320,14 @@ def test_a_real_call_reaches_the_rollups_with_what_was_charged(
     logged_at = RequestLog.objects.get().created_at.astimezone(UTC)
     assert row.bucket_start == logged_at.replace(minute=0, second=0, microsecond=0)
     call_command("wallet_audit", stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.mark.django_db
+def test_the_logged_category_column_wins_over_the_route(personas: Personas) -> None:
+    log_row(personas.org, category="code", route={"category": "qa"})
+    log_row(personas.org, route={"category": "translation"})  # logged before the column existed
+    rollups_update()
+    categories = set(
+        UsageRollup.objects.filter(organization=personas.org).values_list("category", flat=True)
+    )
+    assert categories == {"code", "translation"}
