@@ -550,6 +550,28 @@ def api_key_authenticate(*, secret: str) -> ApiKey | None:
     return key
 
 
+def api_key_authenticate_cached(*, secret: str, client_ip: str | None) -> ApiKey | None:
+    """The key for ``secret`` when :func:`api_key_authenticate_limited` would answer it from
+    memory alone (remembered, usable, its last-used mark fresh, the IP not blocked), else None.
+
+    No I/O: the async gateway calls this first and only goes to a thread for the full check.
+    """
+    if client_ip is not None and client_ip in _blocked_ips:
+        return None
+    if not secret.startswith(API_KEY_PREFIX):
+        return None
+    cached = _key_cache.get(_sha256(secret))
+    now = time.monotonic()
+    if cached is None or cached[0] <= now:
+        return None
+    key = cached[1]
+    if not key.is_usable:
+        return None
+    if now - _last_marked.get(key.pk, float("-inf")) >= settings.API_KEY_LAST_USED_INTERVAL:
+        return None
+    return key
+
+
 def api_key_cache_evict(*, key: ApiKey) -> None:
     _key_cache.pop(key.secret_hash, None)
 

@@ -37,6 +37,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey
+from apps.wallet import hotpath
 from apps.wallet import services as wallet
 from apps.wallet.models import MICROS_PER_USD, Reservation
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
@@ -160,8 +161,8 @@ async def resolve_model(*, api_key: ApiKey, model_id: str, param: str = "model")
 
 def _reserve(*, api_key: ApiKey, amount_micros: int, request_id: str) -> Reservation:
     """Hold the worst case; raises the wallet's InsufficientCredit (402) when short."""
-    return wallet.wallet_reserve(
-        wallet=wallet.wallet_for_org(org=api_key.organization),
+    return hotpath.reserve(
+        org=api_key.organization,
         amount_micros=amount_micros,
         request_id=request_id,
         expires_in=RESERVATION_TTL,
@@ -239,10 +240,13 @@ def _settle(*, reservation: Reservation | None, cost: int, usage: Usage, **log: 
     members and so made one, is released and the cost is logged as would-be.
     """
     with transaction.atomic():
+        # The log row first: the wallet row, which every call of the organization updates, is
+        # then locked only from the settle to the commit.
+        _log(cost=cost, **log)
         if reservation is not None and log.get("byok"):
             wallet.reservation_release(reservation=reservation)
         elif reservation is not None:
-            wallet.reservation_settle(
+            hotpath.settle(
                 reservation=reservation,
                 actual_micros=cost,
                 usage={
@@ -253,7 +257,6 @@ def _settle(*, reservation: Reservation | None, cost: int, usage: Usage, **log: 
                     "estimated": usage.estimated,
                 },
             )
-        _log(cost=cost, **log)
 
 
 def _release(*, reservation: Reservation | None, **log: Any) -> None:
@@ -924,7 +927,7 @@ def _cache_hit_write(
     with transaction.atomic():
         if fee_micros:
             reservation = _reserve(api_key=api_key, amount_micros=fee_micros, request_id=request_id)
-            wallet.reservation_settle(
+            hotpath.settle(
                 reservation=reservation,
                 actual_micros=fee_micros,
                 usage={"prompt_tokens": 0, "completion_tokens": 0, "cache_hit": True},

@@ -20,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from apps.accounts.authentication import api_key_secret, client_ip
 from apps.accounts.models import ApiKey
-from apps.accounts.services import api_key_authenticate_limited
+from apps.accounts.services import api_key_authenticate_cached, api_key_authenticate_limited
 from llmwise.errors import (
     ApplicationError,
     Unauthenticated,
@@ -59,9 +59,10 @@ async def authenticate(request: HttpRequest) -> ApiKey:
     secret = api_key_secret(request.headers)
     if not secret:
         raise Unauthenticated("No API key: send 'Authorization: Bearer <your LLMWise API key>'.")
-    key = await sync_to_async(api_key_authenticate_limited)(
-        secret=secret, client_ip=client_ip(request)
-    )
+    ip = client_ip(request)
+    key = api_key_authenticate_cached(secret=secret, client_ip=ip)
+    if key is None:  # not remembered (or its last-used mark is due): the full check, in a thread
+        key = await sync_to_async(api_key_authenticate_limited)(secret=secret, client_ip=ip)
     if key is None:
         raise Unauthenticated("Invalid, expired or revoked API key.")
     return key

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic as time_monotonic
 
 from django.db.models import Q, QuerySet
 
@@ -35,17 +36,32 @@ def catalog_resolve(*, model_id: str) -> CatalogModel | None:
     return alias.model if alias is not None else None
 
 
+# What a model id or alias resolved to, remembered in-process like the enabled catalog below:
+# every request resolves its model, and the answer changes only when an admin edits the catalog.
+# Saving or deleting a model or an alias forgets everything in this process at once (signals in
+# apps.py); other processes see the edit within CATALOG_CACHE_SECONDS.
+_RESOLVE_CACHE_MAX_ENTRIES = 1_000
+_resolved: dict[str, tuple[float, CatalogModel | None]] = {}  # id → (monotonic expiry, model)
+
+
 async def acatalog_resolve(*, model_id: str) -> CatalogModel | None:
-    """:func:`catalog_resolve` for the async hot path (same rules, async ORM)."""
+    """:func:`catalog_resolve` for the async hot path (same rules; no query while cached)."""
+    now = time_monotonic()
+    cached = _resolved.get(model_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
     model = await CatalogModel.objects.filter(pk=model_id, enabled=True).afirst()
-    if model is not None:
-        return model
-    alias = await (
-        ModelAlias.objects.select_related("model")
-        .filter(alias=model_id, model__enabled=True)
-        .afirst()
-    )
-    return alias.model if alias is not None else None
+    if model is None:
+        alias = await (
+            ModelAlias.objects.select_related("model")
+            .filter(alias=model_id, model__enabled=True)
+            .afirst()
+        )
+        model = alias.model if alias is not None else None
+    if len(_resolved) >= _RESOLVE_CACHE_MAX_ENTRIES:  # unknown ids must not grow it forever
+        _resolved.clear()
+    _resolved[model_id] = (now + CATALOG_CACHE_SECONDS, model)
+    return model
 
 
 def catalog_list(*, include_disabled: bool = False) -> QuerySet[CatalogModel]:
@@ -219,7 +235,8 @@ async def acatalog_enabled_cached(
     return models
 
 
-def catalog_cache_clear() -> None:
-    """Forget the cached catalog (tests that reseed it; an admin action that must be seen now)."""
+def catalog_cache_clear(**_signal: object) -> None:
+    """Forget the cached catalog and resolutions (tests that reseed it; a catalog edit)."""
     global _catalog_cache
     _catalog_cache = None
+    _resolved.clear()
