@@ -11,7 +11,7 @@ import asyncio
 import os
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+from llmwise.http import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmwise.settings.dev")
 django_http = get_asgi_application()

@@ -137,7 +137,7 @@ def live_gateway() -> Iterator[LiveGateway]:
     import time
 
     import uvicorn
-    from django.core.asgi import get_asgi_application
+    from llmwise.http import get_asgi_application
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

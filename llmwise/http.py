@@ -1,0 +1,101 @@
+"""Django's ASGI handler, with the gateway's chat calls on a lean path.
+
+Two costs of Django's request cycle are large next to what a chat call itself does, so the chat
+endpoints (:data:`HOT_PATHS`) are served by a second handler that avoids them:
+
+* **A thread per request.** Django runs each ASGI request in an asgiref ``ThreadSensitiveContext``:
+  the first ``sync_to_async`` of the request starts an OS thread that lives as long as the
+  request. For a page that is what we want (its sync view and ORM work stay on one thread). A chat
+  call's sync work is two or three short statements (reserve, settle + log), so here it runs on
+  asgiref's one long-lived sync thread and its database connection instead.
+* **Middleware made for pages.** Django's own middleware runs its hooks through ``sync_to_async``
+  in an async stack: a dozen thread hops per request for sessions, CSRF, authentication, messages
+  and allauth, none of which an API-key call uses. The chat endpoints get :data:`API_MIDDLEWARE`:
+  the request id, the security headers (the same hooks as Django's, run inline: they do no I/O),
+  the CSP header and the rate-limit status.
+
+Everything else is Django's handler as is. Tests serve this same handler (``live_gateway``) and
+check that a hot-path answer carries the same security headers as the full stack's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+
+from llmwise.middleware import DualModeMiddleware, GetResponse
+
+# The POST endpoints of every chat call (OpenAI, Anthropic and native formats).
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/api/v1/chat"})
+
+API_MIDDLEWARE = [
+    "llmwise.middleware.RequestIdMiddleware",
+    "llmwise.http.InlineSecurityMiddleware",
+    "llmwise.csp.ContentSecurityPolicyMiddleware",
+    "llmwise.http.InlineXFrameOptionsMiddleware",
+    "apps.accounts.middleware.RateLimitStatusMiddleware",
+    # Last, as in settings.MIDDLEWARE: a database outage answers 503 in the envelope, not 500.
+    "llmwise.outage.DatabaseUnavailableMiddleware",
+]
+
+
+class InlineSecurityMiddleware(DualModeMiddleware):
+    """Django's ``SecurityMiddleware`` (HTTPS redirect, HSTS, nosniff, referrer and
+    cross-origin-opener policies), its hooks called inline."""
+
+    def __init__(self, get_response: GetResponse) -> None:
+        super().__init__(get_response)
+        self.django = SecurityMiddleware(get_response)
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return self.django.process_request(request)
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return self.django.process_response(request, response)
+
+
+class InlineXFrameOptionsMiddleware(DualModeMiddleware):
+    """Django's ``XFrameOptionsMiddleware``, its hook called inline."""
+
+    def __init__(self, get_response: GetResponse) -> None:
+        super().__init__(get_response)
+        self.django = XFrameOptionsMiddleware(get_response)
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return self.django.process_response(request, response)
+
+
+class _ApiHandler(ASGIHandler):
+    """Django's handler with :data:`API_MIDDLEWARE` in place of ``settings.MIDDLEWARE``."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        full = settings.MIDDLEWARE
+        settings.MIDDLEWARE = API_MIDDLEWARE  # read by the base class, once, at start-up
+        try:
+            super().load_middleware(is_async=is_async)
+        finally:
+            settings.MIDDLEWARE = full
+
+
+class LLMWiseASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.api = _ApiHandler()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") in HOT_PATHS:
+            await self.api.handle(scope, receive, send)  # no per-request thread
+            return
+        await super().__call__(scope, receive, send)
+
+
+def get_asgi_application() -> LLMWiseASGIHandler:
+    """:func:`django.core.asgi.get_asgi_application` with :class:`LLMWiseASGIHandler`."""
+    django.setup(set_prefix=False)
+    return LLMWiseASGIHandler()

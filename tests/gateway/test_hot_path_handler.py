@@ -1,0 +1,101 @@
+"""The chat endpoints are served by llmwise.http's lean handler (no per-request thread, API
+middleware only). Over real HTTP they must answer exactly like the full Django stack does:
+same security headers, request id, error envelope, billing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from django.test import Client
+
+from apps.accounts import services as account_services
+from apps.gateway.models import RequestLog
+from apps.gateway.sandbox import SandboxServer
+from apps.wallet import services as wallet_services
+from apps.wallet.models import Wallet
+from llmwise.http import API_MIDDLEWARE, HOT_PATHS
+from tests.conftest import Personas
+from tests.gateway.conftest import LiveGateway
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
+
+SECURITY_HEADERS = (
+    "x-content-type-options",
+    "referrer-policy",
+    "cross-origin-opener-policy",
+    "x-frame-options",
+    "content-security-policy",
+)
+BODIES = {
+    "/v1/chat/completions": {"model": "gpt-4o-mini", "max_tokens": 20},
+    "/api/v1/chat": {"model": "gpt-4o-mini", "max_tokens": 20},
+    "/v1/messages": {"model": "claude-sonnet-4.5", "max_tokens": 20},
+}
+
+
+@pytest.fixture
+def secret(personas: Personas, settings: Any, sandbox: SandboxServer) -> str:
+    settings.PROVIDER_SANDBOX = True
+    settings.PROVIDER_SANDBOX_URL = sandbox.base_url
+    wallet = wallet_services.wallet_for_org(org=personas.org)
+    wallet_services.wallet_grant(wallet=wallet, amount_micros=1_000_000, note="hot path")
+    return account_services.api_key_create(
+        org=personas.org, name="hot", created_by=personas.owner
+    ).secret
+
+
+def _body(path: str) -> dict[str, Any]:
+    return {**BODIES[path], "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def test_every_chat_endpoint_is_a_hot_path() -> None:
+    assert set(BODIES) == HOT_PATHS
+    # Nothing on the lean path needs a session, a CSRF token or a logged-in user.
+    assert not [m for m in API_MIDDLEWARE if "session" in m.lower() or "csrf" in m.lower()]
+
+
+@pytest.mark.parametrize("path", sorted(HOT_PATHS))
+def test_hot_path_answers_like_the_full_stack(
+    path: str, secret: str, personas: Personas, live_gateway: LiveGateway
+) -> None:
+    auth = {"Authorization": f"Bearer {secret}"}
+    lean = httpx.post(live_gateway.url + path, json=_body(path), headers=auth, timeout=10)
+    full = Client().post(path, data=_body(path), content_type="application/json", headers=auth)
+    assert lean.status_code == full.status_code == 200, lean.text
+    for name in SECURITY_HEADERS:
+        assert lean.headers.get(name) == full.headers.get(name), name
+    assert lean.headers["x-request-id"] != full.headers["x-request-id"]
+    # Billed and logged like any call: two calls, two log rows, the wallet down by both costs.
+    logs = RequestLog.objects.filter(
+        request_id__in=[lean.headers["x-request-id"], full.headers["x-request-id"]]
+    )
+    assert logs.count() == 2
+    spent = sum(log.cost_micros for log in logs)
+    assert spent > 0
+    assert Wallet.objects.get(organization=personas.org).balance_micros == 1_000_000 - spent
+
+
+@pytest.mark.parametrize("path", sorted(HOT_PATHS))
+def test_hot_path_errors_use_the_envelope(path: str, live_gateway: LiveGateway) -> None:
+    bad_key = httpx.post(
+        live_gateway.url + path,
+        json=_body(path),
+        headers={"Authorization": "Bearer lw-not-a-real-key-at-all-000000"},
+        timeout=10,
+    )
+    assert bad_key.status_code == 401
+    assert bad_key.json()["error"]["type"] == "authentication_error"
+    if path != "/v1/messages":  # Anthropic's error shape has no request id field
+        assert bad_key.json()["error"]["request_id"] == bad_key.headers["x-request-id"]
+    for name in ("x-content-type-options", "x-frame-options", "referrer-policy"):
+        assert bad_key.headers.get(name), name
+    garbage = httpx.post(
+        live_gateway.url + path,
+        content=b"{not json",
+        headers={"Authorization": "Bearer lw-not-a-real-key-at-all-000000"},
+        timeout=10,
+    )
+    assert garbage.status_code in (400, 401)
+    assert "error" in garbage.json()
