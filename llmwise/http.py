@@ -6,8 +6,9 @@ endpoints (:data:`HOT_PATHS`) are served by a second handler that avoids them:
 * **A thread per request.** Django runs each ASGI request in an asgiref ``ThreadSensitiveContext``:
   the first ``sync_to_async`` of the request starts an OS thread that lives as long as the
   request. For a page that is what we want (its sync view and ORM work stay on one thread). A chat
-  call's sync work is two or three short statements (reserve, settle + log), so here it runs on
-  asgiref's one long-lived sync thread and its database connection instead.
+  call's sync work is two or three short statements (reserve, settle + log): the call service
+  hands it to :func:`run_db`, which on this path uses a fixed pool of long-lived database threads
+  (``GATEWAY_DB_THREADS``), so the statements of concurrent calls run side by side.
 * **Middleware made for pages.** Django's own middleware runs its hooks through ``sync_to_async``
   in an async stack: a dozen thread hops per request for sessions, CSRF, authentication, messages
   and allauth, none of which an API-key call uses. The chat endpoints get :data:`API_MIDDLEWARE`:
@@ -20,11 +21,18 @@ check that a hot-path answer carries the same security headers as the full stack
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import django
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections, connection
 from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
@@ -71,6 +79,45 @@ class InlineXFrameOptionsMiddleware(DualModeMiddleware):
         return self.django.process_response(request, response)
 
 
+T = TypeVar("T")
+_on_hot_path: contextvars.ContextVar[bool] = contextvars.ContextVar("on_hot_path", default=False)
+_db_threads: ThreadPoolExecutor | None = None
+_db_threads_lock = threading.Lock()
+
+
+def _db_executor() -> ThreadPoolExecutor:
+    global _db_threads
+    with _db_threads_lock:
+        if _db_threads is None:
+            # SQLite (the embedded default) takes one writer at a time anyway: one thread.
+            threads = 1 if connection.vendor == "sqlite" else settings.GATEWAY_DB_THREADS
+            _db_threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-db")
+        return _db_threads
+
+
+def _db_job(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
+    try:
+        return fn(**kwargs)
+    finally:
+        # What Django's request signals do for a request's thread: give the connection back
+        # (to the pool in production), or drop it when it broke (a database restart).
+        close_old_connections()
+
+
+async def run_db(fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run the sync (ORM) function ``fn(**kwargs)`` off the event loop and return its result.
+
+    On the lean chat path: on one of the gateway's database threads, with this call's context
+    (request id, log fields). Anywhere else (pages, WebSockets, tests through Django's test
+    client): ``sync_to_async``, which keeps the work on the request's own thread.
+    """
+    if not _on_hot_path.get():
+        return await sync_to_async(fn)(**kwargs)
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_db_executor(), context.run, _db_job, fn, kwargs)
+
+
 class _ApiHandler(ASGIHandler):
     """Django's handler with :data:`API_MIDDLEWARE` in place of ``settings.MIDDLEWARE``."""
 
@@ -90,7 +137,11 @@ class LLMWiseASGIHandler(ASGIHandler):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") in HOT_PATHS:
-            await self.api.handle(scope, receive, send)  # no per-request thread
+            token = _on_hot_path.set(True)
+            try:
+                await self.api.handle(scope, receive, send)  # no per-request thread
+            finally:
+                _on_hot_path.reset(token)
             return
         await super().__call__(scope, receive, send)
 

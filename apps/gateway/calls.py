@@ -31,7 +31,6 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
@@ -41,6 +40,7 @@ from apps.wallet import hotpath
 from apps.wallet import services as wallet
 from apps.wallet.models import MICROS_PER_USD, Reservation
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
+from llmwise.http import run_db
 
 from .credentials import byok_providers_of, credential_for
 from .limits import Admission, LimitsSnapshot, limits_admit, limits_record, limits_release
@@ -713,12 +713,12 @@ async def _prepare(
         reservation = None
         if billed and parent_hold is not None:
             # Part of a fan-out: carve this call's hold out of the fan-out's single reservation.
-            reservation = await sync_to_async(_split)(
-                parent_hold=parent_hold, amount_micros=max(billed), request_id=request_id
+            reservation = await run_db(
+                _split, parent_hold=parent_hold, amount_micros=max(billed), request_id=request_id
             )
         elif billed:
-            reservation = await sync_to_async(_reserve)(
-                api_key=api_key, amount_micros=max(billed), request_id=request_id
+            reservation = await run_db(
+                _reserve, api_key=api_key, amount_micros=max(billed), request_id=request_id
             )
     except BaseException:
         # Refused after admission (no credit, no provider key): give back the limit holds.
@@ -822,7 +822,8 @@ async def chat_call(
     try:
         member, result = await _walk(run, _complete, deadline_s=prepared.routing.deadline_s)
     except ApplicationError as exc:
-        await sync_to_async(_release)(
+        await run_db(
+            _release,
             reservation=reservation,
             http_status=exc.status_code,
             error=exc,
@@ -833,7 +834,8 @@ async def chat_call(
     except BaseException:
         # Cancelled (client went away) or a bug: nothing usable came back, free the hold.
         await asyncio.shield(
-            sync_to_async(_release)(
+            run_db(
+                _release,
                 reservation=reservation,
                 http_status=CLIENT_CLOSED_STATUS,
                 error=CALL_ABORTED,
@@ -848,7 +850,8 @@ async def chat_call(
     model = member.model
     cost = cost_micros(model=model, usage=result.usage)
     log = prepared.log_for(run, chat, answered=True)
-    await sync_to_async(_settle)(
+    await run_db(
+        _settle,
         reservation=reservation,
         cost=cost,
         usage=result.usage,
@@ -988,7 +991,8 @@ async def _from_cache(
         provider_request_id=None,
         upstream_model=cached.upstream_model,
     )
-    await sync_to_async(_cache_hit_write)(
+    await run_db(
+        _cache_hit_write,
         api_key=api_key,
         fee_micros=fee_micros,
         request_id=request_id,
@@ -1163,7 +1167,7 @@ async def _stream_events(
             settle["http_status"] = error.status_code
         api_key = prepared.log["api_key"]
         if usage is None or member is None:  # failed before any text: nothing happened
-            await asyncio.shield(sync_to_async(_after_response)(_release, **settle))
+            await asyncio.shield(run_db(_after_response, write=_release, **settle))
             await limits_release(api_key=api_key, admission=prepared.admission)
         else:
             model = member.model
@@ -1176,8 +1180,8 @@ async def _stream_events(
                 upstream_model=model.upstream_name,
             )
             await asyncio.shield(
-                sync_to_async(_after_response)(
-                    _settle, cost=cost, usage=usage, result=result, **settle
+                run_db(
+                    _after_response, write=_settle, cost=cost, usage=usage, result=result, **settle
                 )
             )
             outcome.update(cost_micros=cost, usage=usage)

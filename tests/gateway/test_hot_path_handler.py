@@ -99,3 +99,58 @@ def test_hot_path_errors_use_the_envelope(path: str, live_gateway: LiveGateway) 
     )
     assert garbage.status_code in (400, 401)
     assert "error" in garbage.json()
+
+
+def test_run_db_uses_the_gateway_threads_only_on_the_lean_path() -> None:
+    import asyncio
+    import threading
+
+    from llmwise import http
+
+    def name() -> str:
+        return threading.current_thread().name
+
+    async def main() -> tuple[str, str]:
+        token = http._on_hot_path.set(True)
+        try:
+            lean = await http.run_db(name)
+        finally:
+            http._on_hot_path.reset(token)
+        return lean, await http.run_db(name)
+
+    lean, elsewhere = asyncio.run(main())
+    assert lean.startswith("gateway-db")
+    assert not elsewhere.startswith("gateway-db")
+
+
+def test_concurrent_calls_on_the_lean_path_all_bill_once(
+    secret: str, personas: Personas, live_gateway: LiveGateway
+) -> None:
+    import asyncio
+
+    from apps.wallet.selectors import wallet_audit_problems
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(
+                            live_gateway.url + "/v1/chat/completions",
+                            json=_body("/v1/chat/completions"),
+                            headers={"Authorization": f"Bearer {secret}"},
+                        )
+                        for _ in range(24)
+                    )
+                )
+            )
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 24
+    ids = [r.headers["x-request-id"] for r in responses]
+    logs = RequestLog.objects.filter(request_id__in=ids)
+    assert logs.count() == 24
+    spent = sum(log.cost_micros for log in logs)
+    wallet = Wallet.objects.get(organization=personas.org)
+    assert (wallet.balance_micros, wallet.reserved_micros) == (1_000_000 - spent, 0)
+    assert wallet_audit_problems() == []
