@@ -18,6 +18,15 @@ fi
 
 case "$role" in
   web)
+    # The server's worker processes count their metrics in files of one directory, added up by
+    # GET /metrics (prometheus_client's multiprocess mode, docs/operations.md); it starts empty.
+    if [ -z "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+      PROMETHEUS_MULTIPROC_DIR="$(mktemp -d -t llmwise-metrics.XXXXXX)"
+    else
+      mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+      find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -type f -name '*.db' -delete
+    fi
+    export PROMETHEUS_MULTIPROC_DIR
     # --proxy-headers trusts X-Forwarded-* from any address: run behind a reverse proxy.
     exec uvicorn llmwise.asgi:application --host 0.0.0.0 --port "${PORT:-8000}" \
       --proxy-headers --forwarded-allow-ips='*' --workers "${WEB_CONCURRENCY:-2}" \

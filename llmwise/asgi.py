@@ -24,9 +24,12 @@ from django.conf import settings  # noqa: E402
 
 from apps.gateway.sandbox.server import SandboxServer  # noqa: E402
 from llmwise.embedded import EmbeddedScheduler  # noqa: E402
+from llmwise.observability import asgi_wrap, observability_init  # noqa: E402
 from llmwise.routing import websocket_urlpatterns  # noqa: E402
 
 Scope = dict[str, Any]
+# Sentry and tracing, when their environment variables ask for them (docs/operations.md).
+observability_init()
 
 router = ProtocolTypeRouter(
     {
@@ -92,4 +95,4 @@ def _with_stripe_sandbox(app: Any) -> Any:
     return PathMount(app, prefix=settings.STRIPE_SANDBOX_PREFIX, mounted=sandbox)
 
 
-application = LifespanApp(_with_stripe_sandbox(router))
+application = LifespanApp(asgi_wrap(_with_stripe_sandbox(router)))

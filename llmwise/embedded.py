@@ -16,6 +16,8 @@ from celery import current_app
 from django.conf import settings
 from django.db import close_old_connections
 
+from llmwise import metrics
+
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
@@ -62,5 +64,6 @@ class EmbeddedScheduler:
             self.runs[name] += 1
         except Exception:
             logger.exception("embedded periodic task %s failed", name)
+            metrics.task_failed(task.name)  # eager tasks raise here instead of signalling
         finally:
             close_old_connections()

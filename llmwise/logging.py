@@ -11,13 +11,29 @@ cannot put one into a log line or a Django error report either:
 * :class:`SecretRedactingExceptionReporterFilter` (``DEFAULT_EXCEPTION_REPORTER_FILTER``) hides
   the same patterns in error reports' frame variables and POST data, on top of Django's
   name-based cleansing of settings and request headers.
+
+It also gives every log line the context of the request (or Celery task) it belongs to:
+
+* :func:`log_context_bind` stores fields (``request_id``, ``org_id``, ``task_id``…) in a
+  :class:`~contextvars.ContextVar`. The request-id middleware binds the request id, API-key
+  authentication and the dashboard's organization lookup bind the organization. A context
+  variable follows the request through ``await``, ``sync_to_async`` threads and tasks it starts,
+  and never leaks into another request served by the same event loop.
+* :class:`JsonFormatter` (``LOG_FORMAT=json``, the production default) writes one JSON object per
+  line: ``ts``, ``level``, ``logger``, ``message``, ``request_id``, ``org_id``, the other bound
+  fields, ``exception`` and simple ``extra=`` values. :class:`TextFormatter` (development) adds
+  ``[request id]`` to the human-readable line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
 from typing import Any
 
 from django.http import HttpRequest
@@ -126,3 +142,94 @@ class SecretRedactingExceptionReporterFilter(SafeExceptionReporterFilter):
     def get_traceback_frame_variables(self, request: HttpRequest | None, tb_frame: Any) -> Any:
         variables = super().get_traceback_frame_variables(request, tb_frame)
         return [(name, self._cleansed(value)) for name, value in variables]
+
+
+# --- request context on every line ----------------------------------------------------------------
+LogValue = str | int | None
+_NO_CONTEXT: Mapping[str, LogValue] = {}
+_log_context: ContextVar[Mapping[str, LogValue]] = ContextVar(
+    "llmwise_log_context", default=_NO_CONTEXT
+)
+# Fields every JSON line has, null when unknown, so log queries need not test for presence.
+ALWAYS_FIELDS = ("request_id", "org_id")
+# Extras left out of JSON lines: uvicorn's copy of its message with terminal colour codes.
+IGNORED_EXTRAS = frozenset({"color_message"})
+# Longest text kept for an ``extra=`` value that is not a plain string or number.
+EXTRA_TEXT_MAX_CHARS = 2000
+# Called with each JSON entry when tracing is on (llmwise.observability adds the trace id).
+log_entry_hooks: list[Callable[[dict[str, Any]], None]] = []
+
+
+def log_context_bind(*, reset: bool = False, **fields: LogValue) -> None:
+    """Add ``fields`` to the log context of the current request or task (``reset``: start from
+    an empty context, as a new request does). Cheap: one small dict per call."""
+    current = _NO_CONTEXT if reset else _log_context.get()
+    _log_context.set({**current, **fields})
+
+
+def log_context_push(**fields: LogValue) -> Token[Mapping[str, LogValue]]:
+    """Add ``fields`` until :func:`log_context_pop` (a task run inline inside a request keeps
+    the request's fields, and gives its own back when it ends)."""
+    return _log_context.set({**_log_context.get(), **fields})
+
+
+def log_context_pop(token: Token[Mapping[str, LogValue]]) -> None:
+    # Pushed in another context (a task that ended elsewhere): nothing to undo here.
+    with contextlib.suppress(ValueError):
+        _log_context.reset(token)
+
+
+def log_context() -> Mapping[str, LogValue]:
+    """The fields bound in the current context (read-only)."""
+    return _log_context.get()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe, secret-free rendering of an ``extra=`` value."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return redact(text[:EXTRA_TEXT_MAX_CHARS])
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. Run after :class:`SecretRedactionFilter` (every configured
+    handler has it); values this formatter renders itself are redacted here as well."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = _log_context.get()
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in ALWAYS_FIELDS:
+            entry[name] = context.get(name)
+        for name, value in context.items():
+            entry.setdefault(name, value)
+        for name, value in vars(record).items():
+            if name in _RECORD_FIELDS or name in IGNORED_EXTRAS or name.startswith("_"):
+                continue
+            entry.setdefault(name, _plain(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(self.formatException(record.exc_info))
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = redact(record.stack_info)
+        for hook in log_entry_hooks:
+            hook(entry)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The human-readable line, with ``[request id]`` before the message inside a request.
+
+    ``fmt`` may use ``%(context)s``, which is the bracketed request id and a space (or nothing).
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        request_id = _log_context.get().get("request_id")
+        context = f"[{request_id}] " if request_id else ""
+        return str(self._fmt or "%(message)s") % {**vars(record), "context": context}

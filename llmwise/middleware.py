@@ -11,7 +11,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponse
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from llmwise import metrics, observability
 from llmwise.errors import new_request_id
+from llmwise.logging import log_context_bind, log_context_pop, log_context_push
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
@@ -53,13 +55,33 @@ class DualModeMiddleware:
 class RequestIdMiddleware(DualModeMiddleware):
     """Every response carries our ``x-request-id``, always generated here: it keys billing and
     the request log, so a client must not be able to choose (or collide with) one. A client's own
-    id, when sane, is echoed back as ``x-client-request-id`` for its correlation."""
+    id, when sane, is echoed back as ``x-client-request-id`` for its correlation.
+
+    Being first in the stack, it also puts the id on every log line of the request (the log
+    context, llmwise/logging.py) and on its trace span, and counts the response for /metrics.
+    """
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self._acall(request)  # under ASGI each request is a task of its own context
+        # Served synchronously (tests, management code), the thread's context outlives the
+        # request: give the log context back when the response is out.
+        token = log_context_push()
+        try:
+            return super().__call__(request)
+        finally:
+            log_context_pop(token)
 
     def before(self, request: HttpRequest) -> None:
-        request.request_id = new_request_id()  # type: ignore[attr-defined]
+        request_id = new_request_id()
+        request.request_id = request_id  # type: ignore[attr-defined]
+        log_context_bind(reset=True, request_id=request_id)
+        if observability.tracing_active():
+            observability.span_tag(request_id=request_id)
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         response["x-request-id"] = request.request_id  # type: ignore[attr-defined]
+        metrics.http_response(request, response.status_code)
         client_id = request.headers.get("x-request-id", "")
         if _CLIENT_ID.match(client_id):
             response["x-client-request-id"] = client_id

@@ -12,6 +12,8 @@ from http import HTTPStatus
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject
 
+from llmwise import metrics
+from llmwise.logging import log_context_bind
 from llmwise.middleware import DualModeMiddleware
 
 from . import selectors
@@ -29,6 +31,8 @@ def current_membership(request: HttpRequest) -> Membership | None:
         membership = selectors.memberships_of(user=user).first()
         if membership is not None:
             request.session[SESSION_KEY] = membership.organization_id
+    if membership is not None:
+        log_context_bind(org_id=membership.organization_id)
     return membership
 
 
@@ -54,6 +58,7 @@ class RateLimitStatusMiddleware(DualModeMiddleware):
         if retry_after is not None and response.status_code == HTTPStatus.OK:
             response.status_code = HTTPStatus.TOO_MANY_REQUESTS
             response["Retry-After"] = str(int(retry_after))
+            metrics.rate_limit_rejected("login_failed")
         return response
 
 

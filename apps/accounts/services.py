@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,10 +24,26 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
+from redis.exceptions import RedisError
 
+from llmwise import metrics
 from llmwise.errors import ApplicationError, Conflict, NotFound, NotPermitted
+from llmwise.logging import log_context_bind
 
-from .models import ApiKey, AuditEvent, Invitation, Membership, Organization, Role, User
+from .models import (
+    PLAYGROUND_KEY_NAME,
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organization,
+    Role,
+    User,
+)
+
+logger = logging.getLogger(__name__)
+# What the shared cache raises when Redis is unreachable (the in-process cache never does).
+CACHE_ERRORS = (RedisError, OSError)
 
 API_KEY_PREFIX = "lw-"
 API_KEY_RANDOM_BYTES = 32
@@ -431,12 +448,25 @@ def api_key_create(
     tpm_limit: int | None = None,
     spend_cap_micros: int | None = None,
     zero_retention: bool | None = None,
+    internal: bool = False,
 ) -> IssuedApiKey:
-    """Create an API key; the returned secret is the only copy there will ever be."""
+    """Create an API key; the returned secret is the only copy there will ever be.
+
+    ``internal`` keys are the platform's own principals for dashboard calls (made by the system,
+    ``created_by=None``); customers neither see nor manage them, and their name is reserved.
+    """
     membership_require(org=org, user=created_by, role=Role.ADMIN)
     name = name.strip()
     if not name:
         raise ApplicationError("Give the key a name.", param="name")
+    if internal and created_by is not None:
+        raise NotPermitted("Internal keys are made by the platform only.")
+    if not internal and name.casefold() == PLAYGROUND_KEY_NAME.casefold():
+        raise ApplicationError(
+            f"“{PLAYGROUND_KEY_NAME}” names the dashboard's own calls in usage; choose another "
+            "name.",
+            param="name",
+        )
     if expires_at is not None and expires_at <= timezone.now():
         raise ApplicationError("The expiry must be in the future.", param="expires_at")
     for value, param in (
@@ -463,6 +493,7 @@ def api_key_create(
                     tpm_limit=tpm_limit,
                     spend_cap_micros=spend_cap_micros,
                     zero_retention=zero_retention,
+                    internal=internal,
                 )
             break
         except IntegrityError:  # a prefix collision: astronomically rare, try a new secret
@@ -483,6 +514,7 @@ def api_key_create(
             "tpm_limit": tpm_limit,
             "spend_cap_micros": spend_cap_micros,
             "zero_retention": zero_retention,
+            **({"internal": True} if internal else {}),
         },
     )
     return IssuedApiKey(api_key=key, secret=secret)
@@ -490,8 +522,14 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_revoke(*, org: Organization, actor: User | None, key_id: int) -> ApiKey:
+    """Revoke one of ``org``'s keys. A member (``actor``) can reach customer keys only: an
+    internal key is not found for them; the system (``actor=None``, e.g. closing the
+    organization) revokes any."""
     membership_require(org=org, user=actor, role=Role.ADMIN)
-    key = ApiKey.objects.select_for_update().filter(organization=org, pk=key_id).first()
+    keys = ApiKey.objects.select_for_update().filter(organization=org, pk=key_id)
+    if actor is not None:
+        keys = keys.filter(internal=False)
+    key = keys.first()
     if key is None:
         raise NotFound("API key not found.")
     if key.revoked_at is None:
@@ -547,6 +585,7 @@ def api_key_authenticate(*, secret: str) -> ApiKey | None:
     if not key.is_usable:  # expiry is re-checked on every call, cached or not
         return None
     api_key_mark_used(key=key)
+    log_context_bind(org_id=key.organization_id)  # every later log line of the request names it
     return key
 
 
@@ -591,7 +630,13 @@ def api_key_mark_used(*, key: ApiKey) -> None:
     if now - _last_marked.get(key.pk, float("-inf")) < interval:
         return
     _last_marked[key.pk] = now
-    if cache.add(f"api_key:used:{key.pk}", 1, timeout=interval):
+    try:
+        first = cache.add(f"api_key:used:{key.pk}", 1, timeout=interval)
+    except CACHE_ERRORS:
+        # The shared cache (Redis) is down: write anyway; the local check above still bounds
+        # it to one write per interval per process, and an outage must not fail the request.
+        first = True
+    if first:
         stamp = timezone.now()
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=stamp)
         key.last_used_at = stamp
@@ -641,12 +686,18 @@ def api_key_authenticate_limited(*, secret: str, client_ip: str | None) -> ApiKe
     wall = time.time()
     bucket = int(wall // window)
     counter = f"api_key:auth_failures:{client_ip}:{bucket}"
-    cache.add(counter, 0, timeout=window * 2)
     try:
-        failures = cache.incr(counter)
-    except ValueError:  # evicted between add and incr
-        cache.set(counter, 1, timeout=window * 2)
-        failures = 1
+        cache.add(counter, 0, timeout=window * 2)
+        try:
+            failures = cache.incr(counter)
+        except ValueError:  # evicted between add and incr
+            cache.set(counter, 1, timeout=window * 2)
+            failures = 1
+    except CACHE_ERRORS:
+        # The shared cache (Redis) is down: answer the wrong key with its 401 rather than a
+        # 500; the count resumes when the cache is back (a key is far too long to guess anyway).
+        logger.warning("api key auth: cache unavailable, failure from %s not counted", client_ip)
+        return None
     if failures > limit:
         retry_after = (bucket + 1) * window - wall
         if len(_blocked_ips) >= BLOCKED_IPS_MAX_ENTRIES:
@@ -657,6 +708,7 @@ def api_key_authenticate_limited(*, secret: str, client_ip: str | None) -> ApiKe
 
 
 def _too_many(retry_after: float) -> TooManyFailedAuthentications:
+    metrics.rate_limit_rejected(TooManyFailedAuthentications.code)
     return TooManyFailedAuthentications(
         "Too many failed API key attempts from your address; try again later.",
         retry_after=max(retry_after, 1.0),

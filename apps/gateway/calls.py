@@ -39,6 +39,7 @@ from apps.accounts.models import ApiKey
 from apps.wallet import hotpath
 from apps.wallet import services as wallet
 from apps.wallet.models import MICROS_PER_USD, Reservation
+from llmwise import metrics
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 from llmwise.http import run_db
 
@@ -169,6 +170,7 @@ def _reserve(*, api_key: ApiKey, amount_micros: int, request_id: str) -> Reserva
     )
 
 
+@metrics.logs_requests
 def _log(
     *,
     api_key: ApiKey,

@@ -41,6 +41,7 @@ from django.db.models import Sum
 from redis.exceptions import RedisError
 
 from apps.accounts.models import ApiKey
+from llmwise import metrics
 from llmwise.errors import ApplicationError
 
 from .counters import Counters, Take, Window, WindowState, counters
@@ -287,6 +288,7 @@ async def limits_admit(
     if taken.refused_index is not None and refused is not None:
         await _spend_release(store, api_key=api_key, micros=held)
         limit = limits[taken.refused_index]
+        metrics.rate_limit_rejected(limit.code)
         raise RateLimited(
             f"Rate limit reached: {limit.what} allows "
             f"{refused.limit} {limit.unit} {_per(refused.window_seconds)}. "

@@ -24,6 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.accounts.models import Organization
+from llmwise import metrics
 
 from . import services
 from .models import Reservation
@@ -92,6 +93,7 @@ def _reserve_orm(
     )
 
 
+@metrics.counts_failures("settle")
 def settle(
     *, reservation: Reservation, actual_micros: int, usage: dict[str, Any] | None = None
 ) -> Reservation:

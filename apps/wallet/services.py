@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,13 +24,15 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from apps.accounts.erasure import redact_text
 from apps.accounts.models import Membership, Organization, Role, User
 from apps.accounts.services import audit_record, membership_require
+from llmwise import metrics
 from llmwise.errors import ApplicationError, Conflict, NotFound
 
 from .models import (
@@ -314,6 +317,7 @@ def wallet_reserve(
         return Reservation.objects.get(wallet_id=wallet.pk, request_id=request_id)
 
 
+@metrics.counts_failures("settle")
 def reservation_settle(
     *, reservation: Reservation, actual_micros: int, usage: dict[str, Any] | None = None
 ) -> Reservation:
@@ -377,6 +381,7 @@ def _finish_hold(reservation_id: int, status: str, *, only_expired: bool) -> Res
         return res
 
 
+@metrics.counts_failures("release")
 def reservation_release(*, reservation: Reservation) -> Reservation:
     """Free the whole hold without charging (the call never reached a provider). Idempotent."""
     _finish_hold(reservation.pk, Reservation.Status.RELEASED, only_expired=False)
@@ -778,3 +783,61 @@ def stripe_event_process(*, event: dict[str, Any]) -> str:
         )
         return "disputed"
     return "ignored"
+
+
+# --- closing an organization, erasing personal data ---------------------------------------------
+def wallet_holds_release(*, org: Organization) -> int:
+    """Release every hold ``org`` still has, because the organization is being closed.
+
+    Each hold goes through the same path as :func:`reservation_release` (reservation locked,
+    then the wallet; reserved column and reservation change together). A call still in flight
+    at that instant later settles against a released reservation, which charges nothing: closing
+    forgives at most the calls of that moment, and never moves the balance. Returns the count.
+    """
+    held = (
+        Reservation.objects.filter(organization=org, status=Reservation.Status.HELD)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    released = 0
+    for reservation_id in list(held):
+        if _finish_hold(reservation_id, Reservation.Status.RELEASED, only_expired=False):
+            released += 1
+    return released
+
+
+def ledger_notes_redact(
+    *,
+    texts: Sequence[str],
+    replacement: str,
+    org: Organization | None = None,
+    every_email: bool = False,
+) -> int:
+    """Take personal data out of ledger notes: each of ``texts`` (email addresses, matched
+    case-insensitively) becomes ``replacement``; with ``every_email`` (a closed organization)
+    any address does. Only ``org``'s ledger, or every ledger when ``org`` is None.
+
+    The one change a ledger row's own columns ever see (a deleted user's ``actor`` link is
+    emptied by the database's SET NULL): amounts, kinds, balances, references and dates stay as
+    they were, so every sum and ``wallet_audit`` still hold. Returns the entries changed.
+    """
+    mentions = Q()
+    for needle in texts:
+        if needle:
+            mentions |= Q(note__icontains=needle)
+    if every_email:
+        mentions |= Q(note__contains="@")
+    if not mentions:
+        return 0
+    entries = LedgerEntry.objects.filter(mentions)
+    if org is not None:
+        entries = entries.filter(organization=org)
+    changed = 0
+    for pk, note in entries.order_by("pk").values_list("pk", "note").iterator(chunk_size=500):
+        redacted = redact_text(note, texts=texts, replacement=replacement, every_email=every_email)
+        redacted = redacted[:MAX_NOTE_LENGTH]
+        if redacted != note:
+            # A queryset update: LedgerEntry.save() refuses to touch an existing row, by design.
+            LedgerEntry.objects.filter(pk=pk).update(note=redacted)
+            changed += 1
+    return changed

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -67,6 +68,8 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
     "apps.accounts.middleware.RateLimitStatusMiddleware",
     "apps.accounts.middleware.CurrentOrganizationMiddleware",
+    # Last, so its process_exception runs first: a database outage answers 503, not 500.
+    "llmwise.outage.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "llmwise.urls"
@@ -112,7 +115,13 @@ def database_from_url(url: str) -> dict[str, Any]:
     ):
         config["ENGINE"] = "django.db.backends.postgresql"
         config["OPTIONS"] = {
-            "pool": {"min_size": 2, "max_size": env.int("DB_POOL_MAX", default=20)}
+            "pool": {
+                "min_size": 2,
+                "max_size": env.int("DB_POOL_MAX", default=20),
+                # How long a request waits for a connection (all busy, or the server restarting)
+                # before it fails with a 503 (llmwise/outage.py); psycopg's default is 30 s.
+                "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=10.0),
+            }
         }
         config["CONN_MAX_AGE"] = 0
     return config
@@ -125,12 +134,30 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL: str = env.str("REDIS_URL", default="")
 EMBEDDED = not REDIS_URL
 
+# Seconds one Redis call of the cache may take (connect, reply) before it fails; retried once,
+# at once. redis-py's own default (5 s, ten retries with back-off) would hold a request for
+# a minute when Redis hangs.
+REDIS_TIMEOUT_SECONDS: float = env.float("REDIS_TIMEOUT_SECONDS", default=1.0)
+
+
+def redis_cache_options(timeout: float) -> dict[str, Any]:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1),
+    }
+
+
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "llmwise",
+            "OPTIONS": redis_cache_options(REDIS_TIMEOUT_SECONDS),
         }
     }
     CHANNEL_LAYERS = {
@@ -154,6 +181,8 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Workers log through LOGGING (JSON in production, with the task id) instead of Celery's own setup.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
 # Periodic jobs: {name: {"task": dotted name, "schedule": seconds}}. Later apps add entries.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
@@ -270,11 +299,20 @@ WHITENOISE_USE_FINDERS = True
 INVITATION_TTL_DAYS: int = env.int("INVITATION_TTL_DAYS", default=7)
 NEWSLETTER_TOKEN_MAX_AGE_DAYS = 14
 
+# LOG_FORMAT: "text" (human-readable, the default here and in dev) or "json" (one object per line
+# with the request id and organization, the production default): llmwise/logging.py.
+LOG_FORMATS = ("text", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {
+            "()": "llmwise.logging.TextFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(context)s%(message)s",
+        },
+        "json": {"()": "llmwise.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "text"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
@@ -283,6 +321,24 @@ LOGGING = {
         "celery.app.trace": {"level": "WARNING"},
     },
 }
+
+
+def log_format_use(name: str) -> None:
+    """Write every line of this process in ``name`` ("text" or "json"). JSON also takes over
+    uvicorn's own loggers, so a log collector gets nothing but JSON from the web process."""
+    if name not in LOG_FORMATS:
+        raise ImproperlyConfigured(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}.")
+    config: Any = LOGGING
+    config["handlers"]["console"]["formatter"] = name
+    uvicorn = {"handlers": ["console"], "level": "INFO", "propagate": False}
+    for logger in ("uvicorn", "uvicorn.access"):
+        if name == "json":
+            config["loggers"][logger] = dict(uvicorn)
+        else:
+            config["loggers"].pop(logger, None)
+
+
+log_format_use(env.str("LOG_FORMAT", default="text"))
 
 # --- wallet -----------------------------------------------------------------------------------
 # Trial credit (micro-USD) granted once per personal organization, after email verification.
@@ -356,6 +412,11 @@ GATEWAY_COUNTERS_BACKEND: str = env.str("GATEWAY_COUNTERS_BACKEND", default="")
 GATEWAY_COUNTERS_REDIS_URL: str = env.str("GATEWAY_COUNTERS_REDIS_URL", default="")
 # The in-process backend forgets the oldest windows beyond this many live entries.
 GATEWAY_COUNTERS_MAX_ENTRIES: int = env.int("GATEWAY_COUNTERS_MAX_ENTRIES", default=100_000)
+# Redis counters: a call that takes longer than this (connect or reply) counts as Redis being
+# unreachable; the process then counts in its own memory (limits, health and breakers per
+# process) and tries Redis again every GATEWAY_COUNTERS_RETRY_SECONDS (docs/providers.md).
+GATEWAY_COUNTERS_TIMEOUT_SECONDS: float = env.float("GATEWAY_COUNTERS_TIMEOUT_SECONDS", default=0.5)
+GATEWAY_COUNTERS_RETRY_SECONDS: float = env.float("GATEWAY_COUNTERS_RETRY_SECONDS", default=5.0)
 # Length of the RPM/TPM windows in seconds ("per minute"; tests shrink it).
 GATEWAY_LIMITS_WINDOW_SECONDS: int = env.int("GATEWAY_LIMITS_WINDOW_SECONDS", default=60)
 # Per-organization ceilings over all its keys; 0 means no limit. Generous: they stop runaway
@@ -389,6 +450,8 @@ SPECTACULAR_SETTINGS.update(
         "POSTPROCESSING_HOOKS": [
             "drf_spectacular.hooks.postprocess_schema_enums",
             "apps.gateway.openapi.gateway_paths_hook",
+            # After the gateway's: it uses the gateway's components (errors, usage, cost).
+            "apps.orchestration.openapi.orchestration_paths_hook",
         ],
         # Redoc's bundle comes from drf-spectacular-sidecar's static files, never a CDN.
         "REDOC_DIST": "SIDECAR",
@@ -607,3 +670,22 @@ _spectacular["POSTPROCESSING_HOOKS"] = [
     *_spectacular["POSTPROCESSING_HOOKS"],
     "apps.accounts.schema.error_responses_hook",
 ]
+
+# --- operations -------------------------------------------------------------------------------
+# Metrics, logs, tracing and error reports: docs/operations.md.
+# GET /metrics (Prometheus text format) needs "Authorization: Bearer <METRICS_TOKEN>". Without a
+# token it answers 404, except from a loopback address when METRICS_ALLOW_LOOPBACK is on (the
+# development default; production settings force it off: behind a local reverse proxy every
+# request would come from loopback).
+METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOW_LOOPBACK: bool = env.bool("METRICS_ALLOW_LOOPBACK", default=False)
+# Error reports to Sentry, only when a DSN is set (llmwise.observability scrubs every event).
+SENTRY_DSN: str = env.str("SENTRY_DSN", default="")
+SENTRY_ENVIRONMENT: str = env.str("SENTRY_ENVIRONMENT", default="")
+SENTRY_RELEASE: str = env.str("SENTRY_RELEASE", default="")
+# OpenTelemetry tracing (OTLP over HTTP), only when an OTLP endpoint is set; the SDK reads its
+# other OTEL_* variables (headers, sampler, service name) itself.
+OTEL_TRACING: bool = bool(
+    env.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", default="")
+    or env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+)

@@ -6,7 +6,7 @@ Importing this module without one of them stops the process with a message namin
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import BASE_DIR, env
+from .base import BASE_DIR, env, log_format_use
 
 # FIELD_ENCRYPTION_KEYS: without it stored provider keys would be encrypted under a key derived
 # from SECRET_KEY, so rotating SECRET_KEY would make them unreadable.
@@ -40,3 +40,8 @@ SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# One JSON object per log line, with the request id (docs/operations.md); LOG_FORMAT=text opts out.
+log_format_use(env.str("LOG_FORMAT", default="json"))
+# /metrics needs METRICS_TOKEN here: without it the endpoint answers 404 to everyone.
+METRICS_ALLOW_LOOPBACK = False

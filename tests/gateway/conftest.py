@@ -137,6 +137,7 @@ def live_gateway() -> Iterator[LiveGateway]:
     import time
 
     import uvicorn
+
     from llmwise.http import get_asgi_application
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -32,7 +32,7 @@ from apps.gateway.sandbox import SandboxServer
 from apps.gateway.services import catalog_seed
 from apps.wallet.models import CreditPurchase
 from apps.wallet.stripe_sandbox import sign
-from llmwise.logging import REDACTED, SecretRedactionFilter, redact
+from llmwise.logging import REDACTED, JsonFormatter, SecretRedactionFilter, redact
 from tests.factories import PASSWORD
 from tests.gateway.conftest import FaultControl
 from tests.wallet.stripe_server import SECRET_KEY as STRIPE_SECRET_KEY
@@ -63,14 +63,16 @@ class _RawHandler(logging.Handler):
 class Captured:
     raw: _RawHandler
     output: io.StringIO
+    json_output: io.StringIO = field(default_factory=io.StringIO)
     records_seen: int = 0
     configured_handlers: list[logging.Handler] = field(default_factory=list)
 
 
 @contextmanager
 def every_log_at_debug() -> Iterator[Captured]:
-    """All loggers at DEBUG; our configured handlers write into a buffer; a raw handler first in
-    line on every logger that has handlers."""
+    """All loggers at DEBUG; our configured handlers write into a buffer, and a twin of each with
+    the JSON formatter (LOG_FORMAT=json, production's default) into another; a raw handler first
+    in line on every logger that has handlers."""
     loggers = [logging.getLogger()] + [
         logger
         for logger in logging.Logger.manager.loggerDict.values()
@@ -81,6 +83,8 @@ def every_log_at_debug() -> Iterator[Captured]:
     output = io.StringIO()
     streams: dict[logging.StreamHandler[Any], Any] = {}
     captured = Captured(raw=raw, output=output)
+    twins: dict[logging.Handler, logging.Handler] = {}
+    added: list[tuple[logging.Logger, logging.Handler]] = []
     for logger in loggers:
         if logger.level != logging.NOTSET or logger is logging.getLogger():
             logger.setLevel(logging.DEBUG)
@@ -91,6 +95,15 @@ def every_log_at_debug() -> Iterator[Captured]:
             if ours and isinstance(handler, logging.StreamHandler) and handler not in streams:
                 streams[handler] = handler.setStream(output)
                 captured.configured_handlers.append(handler)
+                twin = logging.StreamHandler(captured.json_output)
+                twin.setFormatter(JsonFormatter())
+                for kept in handler.filters:
+                    twin.addFilter(kept)
+                twins[handler] = twin
+            if handler in twins:
+                added.append((logger, twins[handler]))
+    for owner, twin in added:  # once every logger was seen: a twin is never taken for ours
+        owner.addHandler(twin)
     try:
         yield captured
     finally:
@@ -98,6 +111,9 @@ def every_log_at_debug() -> Iterator[Captured]:
             logger.setLevel(level)
             if raw in logger.handlers:
                 logger.handlers.remove(raw)
+        for owner, twin in added:
+            if twin in owner.handlers:
+                owner.removeHandler(twin)
         for handler, stream in streams.items():
             handler.setStream(stream)
 
@@ -241,6 +257,12 @@ def test_a_realistic_run_leaves_no_secret_anywhere(
     assert "Unauthorized: /v1/chat/completions" in raw  # the wrong key's 401 was logged
     assert "httpx" in raw or "httpcore" in raw  # DEBUG lines of the upstream calls too
     _find(secrets, output, "the log output")
+    json_output = logs.json_output.getvalue()
+    entries = [json.loads(line) for line in json_output.splitlines()]
+    assert len(entries) > 50, "the JSON handlers wrote suspiciously little"
+    assert any(entry["request_id"] for entry in entries)  # lines of requests name them
+    assert "simulated failure" in json_output
+    _find(secrets, json_output, "the JSON log output")
     _find(secrets, raw, "a raw log record")
     _find(secrets, _every_row(), "a database row")
     _find(secrets, "\n".join(f"{m.subject}\n{m.body}" for m in mail.outbox), "an email")

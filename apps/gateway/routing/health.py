@@ -27,8 +27,11 @@ provider's health, so it neither counts nor cools the provider down for everyone
 Reads on the hot path are cheap: each process keeps a copy of each target's breaker and cool-down
 state for ``GATEWAY_MESH_STATE_CACHE_SECONDS`` (its own trips and recoveries apply at once; other
 processes' within that delay). :func:`healthy` answers from that copy only, without I/O, for the
-auto-router. If the counter store is unreachable every target counts as healthy and nothing is
-recorded: a Redis outage must not take the gateway down.
+auto-router. If Redis is unreachable the counters carry on in each process's own memory
+(:mod:`..counters`): breakers and cooldowns then work per process until Redis answers again, and
+:func:`health_snapshot` refuses (a fleet-wide status must not show one process's counts). Should
+the store raise anyway, every target counts as healthy and nothing is recorded: a Redis outage
+must not take the gateway down.
 """
 
 from __future__ import annotations
@@ -545,10 +548,34 @@ async def health_snapshot(targets: Iterable[tuple[str, str]]) -> list[TargetHeal
 
     Counts are the sliding window's (the previous bucket weighted by its overlap), rounded up;
     latency percentiles come from a histogram of successful calls (bucket-interpolated).
-    Raises the counter store's error when it is unreachable: a status page should say so.
+    Raises ``ConnectionError`` (one of :data:`COUNTER_ERRORS`) when the shared store is
+    unreachable: a status page should say so rather than show one process's own counts.
     """
     store = counters()
     window = _window()
-    return list(
-        await asyncio.gather(*(_target_health(store, Target(p, m), window) for p, m in targets))
-    )
+    if not store.degraded:
+        rows = list(
+            await asyncio.gather(*(_target_health(store, Target(p, m), window) for p, m in targets))
+        )
+        if not store.degraded:
+            return rows
+    raise ConnectionError("the shared health store (Redis) is unreachable")
+
+
+async def breaker_states(targets: Iterable[tuple[str, str]]) -> list[tuple[str, str, BreakerState]]:
+    """The breaker state of each (provider, model) target from the shared store, for the metrics
+    scrape: one read per target, nothing else. Raises the counter store's error when it is
+    unreachable."""
+    store = counters()
+    now = store.clock()
+    states = []
+    for provider, model in targets:
+        until = _from_ms(await store.value_get(f"{Target(provider, model).key}:open_until"))
+        if until is None:
+            state = BreakerState.CLOSED
+        elif until > now:
+            state = BreakerState.OPEN
+        else:
+            state = BreakerState.HALF_OPEN
+        states.append((provider, model, state))
+    return states
