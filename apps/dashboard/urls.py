@@ -2,7 +2,7 @@ from django.urls import include, path
 
 from apps.gateway import routing_views
 
-from . import views
+from . import privacy_views, views
 
 app_name = "dashboard"
 
@@ -35,5 +35,7 @@ urlpatterns = [
     path("orgs/switch/", views.switch_org, name="switch_org"),
     path("orgs/new/", views.org_create, name="org_create"),
     path("settings/", views.org_settings, name="settings"),
+    path("settings/export/", privacy_views.org_export, name="org_export"),
+    path("account/delete/", privacy_views.account_delete, name="account_delete"),
     path("audit/", views.audit_log, name="audit"),
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any, cast
 
 from django import forms
@@ -20,10 +19,10 @@ from apps.accounts.decorators import org_page
 from apps.accounts.middleware import OrgRequest
 from apps.accounts.models import Organization
 from apps.accounts.selectors import api_keys_of
-from apps.wallet.models import format_usd
-from llmwise.csv_export import csv_safe, csv_streaming_response
+from llmwise.csv_export import csv_streaming_response
 
 from . import selectors
+from .exports import request_log_csv_rows
 from .models import RequestLog, Tier
 
 LOG_PAGE_SIZE = 50
@@ -66,7 +65,11 @@ class RequestLogFilterForm(forms.Form):
         ]
         api_key.choices = [
             ("", "Any key"),
-            *((k.prefix, f"{k.name} ({k.prefix}…)") for k in api_keys_of(org=org)),
+            # The playground's internal key too: its calls are in the log.
+            *(
+                (k.prefix, f"{k.name} ({k.prefix}…)")
+                for k in api_keys_of(org=org, include_internal=True)
+            ),
         ]
 
     def clean(self) -> dict[str, Any]:
@@ -164,75 +167,6 @@ def request_detail(request: OrgRequest, request_id: str) -> HttpResponse:
     return render(request, "gateway/request_detail.html", context)
 
 
-CSV_HEADER = [
-    "created_at",
-    "request_id",
-    "endpoint",
-    "api_key_name",
-    "api_key_prefix",
-    "requested_model",
-    "model",
-    "provider",
-    "status",
-    "http_status",
-    "error_type",
-    "error_code",
-    "finish_reason",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "usage_estimated",
-    "cost_micros",
-    "cost_usd",
-    "charged_micros",
-    "byok",
-    "latency_ms",
-    "upstream_ms",
-    "zero_retention",
-    "prompt",
-    "completion",
-]
-
-
-def _csv_rows(logs: Iterator[RequestLog]) -> Iterator[list[str]]:
-    yield CSV_HEADER
-    for log in logs:
-        zero_retention = log.prompt is None
-        key = log.api_key
-        yield [
-            log.created_at.isoformat(),
-            csv_safe(log.request_id),
-            csv_safe(log.endpoint),
-            csv_safe(key.name) if key else "",
-            csv_safe(key.prefix) if key else "",
-            csv_safe(log.requested_model),
-            csv_safe(log.model),
-            csv_safe(log.provider),
-            log.status,
-            str(log.http_status),
-            csv_safe(log.error_type),
-            csv_safe(log.error_code),
-            csv_safe(log.finish_reason),
-            str(log.stream).lower(),
-            str(log.prompt_tokens),
-            str(log.completion_tokens),
-            str(log.cached_tokens),
-            str(log.reasoning_tokens),
-            str(log.usage_estimated).lower(),
-            str(log.cost_micros),
-            format_usd(log.cost_micros),
-            str(0 if log.byok else log.cost_micros),
-            str(log.byok).lower(),
-            str(log.latency_ms),
-            str(log.upstream_ms),
-            str(zero_retention).lower(),
-            "" if zero_retention else csv_safe(json.dumps(log.prompt, ensure_ascii=False)),
-            "" if zero_retention else csv_safe(log.completion),
-        ]
-
-
 @org_page()
 def request_csv(request: OrgRequest) -> HttpResponse:
     form = RequestLogFilterForm(request.GET or None, org=request.org)
@@ -242,7 +176,7 @@ def request_csv(request: OrgRequest) -> HttpResponse:
     filters = form.filters() if form.is_bound else selectors.RequestLogFilters()
     logs = selectors.request_logs_of(org=request.org, filters=filters)
     response = csv_streaming_response(
-        rows=_csv_rows(logs.iterator(chunk_size=500)),
+        rows=request_log_csv_rows(logs.iterator(chunk_size=500)),
         filename=f"requests-{request.org.slug}.csv",
     )
     # Streamed so a long log never sits in memory; org_page's type only knows HttpResponse.

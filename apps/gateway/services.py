@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from apps.accounts.models import Organization, Role, User
 from apps.accounts.services import audit_record, membership_require
 from llmwise.errors import ApplicationError
 
+from . import byok
 from .catalog_data import MODELS, write_catalog
 from .models import (
     CACHE_FEE_MAX_MICROS,
@@ -16,6 +18,8 @@ from .models import (
     CatalogModel,
     ModelAlias,
     OrgGatewaySettings,
+    ProviderKey,
+    RequestLog,
 )
 from .response_cache import cache_settings_clear
 from .selectors import catalog_resolve
@@ -116,3 +120,26 @@ def org_default_chain_set(
         row.default_chain = chain
         row.save(update_fields=["default_chain", "updated_at"])
     return row
+
+
+@transaction.atomic
+def organization_texts_erase(*, org: Organization) -> int:
+    """Delete what ``org`` stored of its users' texts and secrets, because it is being closed.
+
+    Every request log row loses its prompt and completion (metadata, tokens and cost stay:
+    they explain the ledger's charges); the provider keys (BYOK) are deleted through
+    :func:`apps.gateway.byok.provider_key_delete` (audit-logged, credential cache cleared); the
+    response cache is switched off, so answers cached before can no longer be served and expire
+    with their TTL. Returns the number of log rows whose texts were deleted.
+    """
+    wiped = (
+        RequestLog.objects.filter(organization=org)
+        .filter(Q(prompt__isnull=False) | ~Q(completion=""))
+        .update(prompt=None, completion="")
+    )
+    for provider in ProviderKey.objects.filter(organization=org).values_list("provider", flat=True):
+        byok.provider_key_delete(org=org, actor=None, provider=provider)
+    OrgGatewaySettings.objects.filter(organization=org).update(cache_enabled=False)
+    cache_settings_clear(org=org)
+    transaction.on_commit(lambda: cache_settings_clear(org=org))
+    return wiped

@@ -7,7 +7,6 @@ simply not found (404).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import cast
 
 from django.contrib import messages
@@ -21,11 +20,12 @@ from django.views.decorators.http import require_POST
 from apps.accounts.decorators import org_page
 from apps.accounts.middleware import OrgRequest
 from apps.accounts.models import Role
-from llmwise.csv_export import csv_safe, csv_streaming_response
+from llmwise.csv_export import csv_streaming_response
 
 from . import selectors, services
+from .exports import ledger_csv_rows
 from .forms import CreditPurchaseForm, LedgerFilterForm, LowBalanceAlertForm
-from .models import CreditPurchase, LedgerEntry, format_usd
+from .models import CreditPurchase, format_usd
 
 LEDGER_PAGE_SIZE = 50
 PURCHASES_SHOWN = 50
@@ -141,36 +141,12 @@ def low_balance_alert(request: OrgRequest) -> HttpResponse:
     return redirect("dashboard:billing")
 
 
-def _csv_rows(entries: Iterator[LedgerEntry]) -> Iterator[list[str]]:
-    yield [
-        "created_at",
-        "kind",
-        "amount_usd",
-        "amount_micros",
-        "balance_after_usd",
-        "request_id",
-        "purchase",
-        "note",
-    ]
-    for entry in entries:
-        yield [
-            entry.created_at.isoformat(),
-            entry.kind,
-            entry.amount_usd,
-            str(entry.amount_micros),
-            format_usd(entry.balance_after_micros),
-            csv_safe(entry.request_id),
-            entry.purchase.public_id if entry.purchase else "",
-            csv_safe(entry.note),
-        ]
-
-
 @org_page(Role.ADMIN)
 def ledger_csv(request: OrgRequest) -> HttpResponse:
     filters = LedgerFilterForm(request.GET or None)
     entries = selectors.ledger_entries_of(org=request.org, **filters.filters())
     response = csv_streaming_response(
-        rows=_csv_rows(entries.iterator()), filename=f"ledger-{request.org.slug}.csv"
+        rows=ledger_csv_rows(entries.iterator()), filename=f"ledger-{request.org.slug}.csv"
     )
     # Streamed so a long ledger never sits in memory; org_page's type only knows HttpResponse.
     return cast(HttpResponse, response)

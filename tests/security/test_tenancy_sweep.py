@@ -91,6 +91,7 @@ URLS: dict[str, Spec] = {
     # --- operations and schema
     "healthz": Spec("public"),
     "readyz": Spec("public"),
+    "metrics": Spec("public"),  # token-protected; no organization data in any label
     "api_schema": Spec("public"),
     # --- allauth: the user's own account only, no organization objects
     "account_login": Spec("public", methods=_GP),
@@ -154,7 +155,10 @@ URLS: dict[str, Spec] = {
     "openai_chat_completions": Spec("api_page", methods=_GP),
     "openai_models": Spec("api_page"),
     # --- dashboard
-    "dashboard:overview": Spec("dashboard_page", exposes=("gateway.UsageRollup",)),
+    # The Overview reads the breakdowns: the full rollups' sums projected per dimension.
+    "dashboard:overview": Spec(
+        "dashboard_page", exposes=("gateway.UsageRollup", "gateway.UsageBreakdownRollup")
+    ),
     "dashboard:playground": Spec("dashboard_page", exposes=("orchestration.OrchestrationRun",)),
     # Breaks/restores a provider of the shared sandbox (sandbox mode only, 404 otherwise): no
     # organization object.
@@ -344,6 +348,17 @@ URLS: dict[str, Spec] = {
     ),
     "dashboard:org_create": Spec("dashboard_page", methods=_GP, data=lambda a: {"name": "B2"}),
     "dashboard:settings": Spec("dashboard_page", methods=_GP, data=lambda a: {"name": "Globex"}),
+    # The form names the organization to export: another organization's id is not found.
+    "dashboard:org_export": Spec(
+        "dashboard_object",
+        methods=_GP,
+        data=lambda a: {"org": a.org.pk},
+        exposes=("gateway.RequestLog", "wallet.LedgerEntry"),
+    ),
+    # The outsider's own account only; a wrong password deletes nothing.
+    "dashboard:account_delete": Spec(
+        "dashboard_page", methods=_GP, data=lambda a: {"password": "wrong", "confirm": "on"}
+    ),
     "dashboard:audit": Spec("dashboard_page", exposes=("accounts.AuditEvent",)),
     # --- public site
     "landing": Spec("public"),
@@ -369,6 +384,7 @@ ORG_MODELS: dict[str, str] = {
     "gateway.ProviderKey": "provider_key",
     "gateway.RoutingPolicy": "policy",
     "gateway.UsageRollup": "rollups_update() over the request log",
+    "gateway.UsageBreakdownRollup": "rollups_update() over the request log",
     "wallet.Wallet": "wallet",
     "wallet.Reservation": "reservation",
     "wallet.CreditPurchase": "purchase",
