@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
@@ -54,6 +55,42 @@ class Conflict(ApplicationError):
     status_code: int = status.HTTP_409_CONFLICT
     error_type = "conflict_error"
     code = "conflict"
+
+
+class ServiceUnavailable(ApplicationError):
+    """We cannot serve the request right now (the database went away): 503, retry shortly.
+
+    Nothing half-done is left behind: a call's hold taken before the failure is freed by the
+    reservation sweeper, and a call that answered 503 is not charged (its settle never
+    committed).
+    """
+
+    status_code: int = status.HTTP_503_SERVICE_UNAVAILABLE
+    error_type = "api_error"
+    code = "service_unavailable"
+    retry_after: float = 1.0
+
+
+# What the database layer raises when the server is unreachable, restarting, or gave up on a
+# statement (connection refused/closed, pool timeout, admin shutdown, lock or statement timeout).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
+
+def service_unavailable(exc: BaseException) -> ServiceUnavailable:
+    """The envelope-ready error for an infrastructure failure (details stay in the logs)."""
+    return ServiceUnavailable(
+        "The service is briefly unavailable: its database did not answer. Retry in a moment."
+    )
+
+
+# What a stream that already started ends with as an error event in our envelope: a business
+# error, or the database failing as the call settles.
+ENVELOPE_ERRORS: tuple[type[Exception], ...] = (ApplicationError, *DATABASE_UNAVAILABLE)
+
+
+def as_application_error(exc: Exception) -> ApplicationError:
+    """``exc`` (one of :data:`ENVELOPE_ERRORS`) as the error to put in the envelope."""
+    return exc if isinstance(exc, ApplicationError) else service_unavailable(exc)
 
 
 def error_body(
@@ -137,6 +174,17 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             request_id=request_id,
         )
         return Response(body, status=exc.status_code)
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        unavailable = service_unavailable(exc)
+        body = error_body(
+            message=unavailable.message,
+            error_type=unavailable.error_type,
+            code=unavailable.code,
+            request_id=request_id,
+        )
+        response = Response(body, status=unavailable.status_code)
+        response["Retry-After"] = "1"
+        return response
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     if not isinstance(exc, drf_exceptions.APIException):

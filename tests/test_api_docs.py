@@ -95,7 +95,11 @@ def test_chat_completions_documents_request_stream_and_headers(schema: dict[str,
     assert request["properties"]["stream_options"]["properties"]["include_usage"]
     ok = operation["responses"]["200"]
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletion")
-    assert ok["content"]["text/event-stream"]["schema"]["$ref"].endswith("/ChatCompletionChunk")
+    # A stream is described per event, as OpenAPI 3.0 tools read SSE: name and data text.
+    event = ok["content"]["text/event-stream"]["schema"]
+    assert event["required"] == ["event", "data"]
+    assert event["properties"]["event"]["enum"] == ["message"]
+    assert "`ChatCompletionChunk`" in event["properties"]["data"]["description"]
     assert "data: [DONE]" in ok["content"]["text/event-stream"]["example"]
     assert set(ok["headers"]) == SUCCESS_HEADERS
     completion = schema["components"]["schemas"]["ChatCompletion"]
@@ -127,6 +131,52 @@ def test_every_gateway_error_response_references_the_envelope(schema: dict[str, 
             assert "x-request-id" in response["headers"]
             if status in (429, 503, 529):
                 assert "Retry-After" in response["headers"], (path, status)
+
+
+ORCHESTRATION_OPERATIONS = {
+    ("/api/v1/compare", "post"): "CompareRequest",
+    ("/api/v1/blend", "post"): "BlendRequest",
+    ("/api/v1/judge", "post"): "JudgeRequest",
+    ("/api/v1/orchestrations/{request_id}", "get"): None,
+}
+
+
+def test_schema_describes_the_orchestration_endpoints(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    for (path, method), body in ORCHESTRATION_OPERATIONS.items():
+        resolve(path)
+        operation = schema["paths"][path][method]
+        assert operation["tags"] == ["Orchestration"]
+        assert {"ApiKey": []} in operation["security"]
+        errors = {int(s): r for s, r in operation["responses"].items() if int(s) >= 400}
+        assert {401, 404} <= set(errors)
+        for response in errors.values():
+            assert response["content"]["application/json"]["schema"] == {"$ref": ENVELOPE}
+        if body is None:
+            continue
+        assert {400, 402, 403, 429, 502, 503, 504} <= set(errors)
+        request = components[body]
+        assert request["additionalProperties"] is False
+        assert "messages" in request["required"]
+        assert request["example"]
+        stream = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        assert {"run", "done", "error"} <= set(stream["properties"]["event"]["enum"])
+    # The candidate limits come from the settings.
+    models = components["CompareRequest"]["properties"]["models"]
+    assert (models["minItems"], models["maxItems"]) == (2, 5)
+
+
+def test_every_operation_shows_examples_for_this_server(schema: dict[str, Any]) -> None:
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            samples = operation["x-codeSamples"]
+            assert [s["label"] for s in samples] == ["curl", "Python", "Node.js"], path
+            for sample in samples:
+                assert "http://testserver" in sample["source"], (path, sample["label"])
+                assert "LLMWISE_API_KEY" in sample["source"], (path, sample["label"])
+            assert samples[0]["source"].startswith(f"curl http://testserver{path.split('{')[0]}")
+            if method == "post" and path.startswith("/api/"):
+                assert "-d '{" in samples[0]["source"], path
 
 
 def test_spectacular_command_validates_without_warnings(tmp_path: Path) -> None:

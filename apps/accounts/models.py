@@ -120,11 +120,20 @@ class Invitation(models.Model):
         return self.expires_at <= timezone.now()
 
 
+# The name of an organization's internal key for calls made from the dashboard (the playground,
+# replays): what usage pages and exports show for them. Reserved: no customer key may take it.
+PLAYGROUND_KEY_NAME = "Playground"
+
+
 class ApiKey(models.Model):
     """A secret that authenticates API calls for one organization.
 
     The secret is ``lw-`` + 43 url-safe characters (32 random bytes). Only its SHA-256 is kept,
     with the first characters as a non-secret ``prefix`` to find the row.
+
+    An ``internal`` key is the principal the platform bills dashboard calls through (its secret
+    is thrown away at creation). Customers never see it among their keys nor manage it; its calls
+    still show in usage, under :data:`PLAYGROUND_KEY_NAME`.
     """
 
     organization = models.ForeignKey(
@@ -152,6 +161,11 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.ForeignKey(
         User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    internal = models.BooleanField(
+        default=False,
+        help_text="Made by the platform for dashboard calls; hidden from the organization's key "
+        "list and not managed by its members.",
     )
 
     class Meta:

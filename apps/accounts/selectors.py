@@ -58,8 +58,14 @@ def invitations_addressed_to(*, user: User) -> QuerySet[Invitation]:
     )
 
 
-def api_keys_of(*, org: Organization) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(organization=org).order_by("revoked_at", "-created_at")
+def api_keys_of(*, org: Organization, include_internal: bool = False) -> QuerySet[ApiKey]:
+    """``org``'s keys, usable ones first. The platform's internal keys (the dashboard's
+    playground key) are left out unless asked for: customers do not manage them, but usage
+    filters name them."""
+    keys = ApiKey.objects.filter(organization=org)
+    if not include_internal:
+        keys = keys.filter(internal=False)
+    return keys.order_by("revoked_at", "-created_at")
 
 
 def audit_events_of(*, org: Organization) -> QuerySet[AuditEvent]:

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.accounts import selectors as account_selectors
+from apps.gateway.sdk_examples import QUICKSTART, sdk_example
 
 # What the examples show where the secret goes, when we know no key of the reader's.
 KEY_PLACEHOLDER = "lw-…"
@@ -76,8 +77,13 @@ def _key_placeholder(request: HttpRequest) -> str:
 def quickstart(request: HttpRequest) -> HttpResponse:
     # The examples name this very server, as the reader reached it (scheme and host included).
     base_url = request.build_absolute_uri("/").rstrip("/")
+    examples = {name: sdk_example(code, base_url=base_url) for name, code in QUICKSTART.items()}
     return render(
         request,
         "docs/index.html",
-        {"base_url": base_url, "key_placeholder": _key_placeholder(request)},
+        {
+            "base_url": base_url,
+            "key_placeholder": _key_placeholder(request),
+            "examples": examples,
+        },
     )

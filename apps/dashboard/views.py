@@ -7,6 +7,8 @@ memberships. Objects of other organizations are simply not found (404).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -14,6 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.accounts import selectors, services
@@ -21,23 +24,67 @@ from apps.accounts.decorators import org_page
 from apps.accounts.middleware import SESSION_KEY, AuthedRequest, OrgRequest
 from apps.accounts.models import Role
 from apps.gateway import analytics
+from apps.gateway.byok import provider_keys_of
 from apps.gateway.models import OrgGatewaySettings
 from apps.gateway.rollups import rollups_last_run
 from apps.gateway.services import org_default_chain_set
+from apps.wallet import selectors as wallet_selectors
+from apps.wallet import services as wallet_services
+from apps.wallet.models import CreditPurchase
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 
-from .forms import ApiKeyCreateForm, InvitationForm, OrganizationForm, OrganizationSettingsForm
+from .forms import (
+    MICROS_PER_USD,
+    ApiKeyCreateForm,
+    InvitationForm,
+    OrganizationForm,
+    OrganizationSettingsForm,
+)
+
+
+@dataclass(frozen=True)
+class ChecklistStep:
+    label: str
+    done: bool
+    action: str = ""  # where to do it (a URL), while it is not done
+    action_label: str = ""
+    hint: str = ""
+
+
+def _getting_started(request: OrgRequest) -> list[ChecklistStep]:
+    """The first-login checklist: what a new organization does before its traffic flows."""
+    org = request.org
+    keys = selectors.api_keys_of(org=org)
+    return [
+        # Signing in needs a verified address (mandatory verification): done by being here.
+        ChecklistStep("Verify your email address", True),
+        ChecklistStep(
+            "Buy credits",
+            wallet_selectors.purchases_of(org=org)
+            .filter(status=CreditPurchase.Status.PAID)
+            .exists(),
+            reverse("dashboard:billing"),
+            "Buy credits",
+            "your trial credit covers the first calls",
+        ),
+        ChecklistStep(
+            "Create an API key",
+            keys.exists(),
+            reverse("dashboard:api_keys"),
+            "Create an API key",
+        ),
+        ChecklistStep(
+            "Make your first API call",
+            keys.filter(last_used_at__isnull=False).exists(),
+            hint="copy a snippet below",
+        ),
+    ]
 
 
 @org_page()
 def overview(request: OrgRequest) -> HttpResponse:
     org = request.org
-    keys = selectors.api_keys_of(org=org)
-    checklist = [
-        ("Verify your email address", True),
-        ("Create an API key", keys.exists()),
-        ("Make your first API call", keys.filter(last_used_at__isnull=False).exists()),
-    ]
+    steps = _getting_started(request)
     # Unknown or mismatched values fall back to the defaults: a bad link never breaks the page.
     window = analytics.analytics_window(
         range_key=request.GET.get("range"), granularity=request.GET.get("granularity")
@@ -47,20 +94,37 @@ def overview(request: OrgRequest) -> HttpResponse:
         request,
         "dashboard/overview.html",
         {
-            "checklist": checklist,
+            "checklist_steps": steps,
+            # label → done, for whoever only needs to know what is left
+            "checklist": [(step.label, step.done) for step in steps],
+            "checklist_done": all(step.done for step in steps),
+            "first_call_done": steps[-1].done,
+            "base_url": request.build_absolute_uri("/").rstrip("/"),
             "invitations": selectors.invitations_addressed_to(user=request.user),
             "nav": "overview",
             "usage": usage,
             "burn": analytics.burn_rate(org=org),
-            "ranges": [
-                (key, granularity)
-                for key, (_hours, allowed) in analytics.RANGES.items()
-                for granularity in allowed
-            ],
+            "ranges": _range_choices(),
             "chart_data": _overview_chart_data(usage),
             "rollups_updated_at": rollups_last_run(),
         },
     )
+
+
+RANGE_LABELS = {"24h": "24 hours", "7d": "7 days", "30d": "30 days"}
+GRANULARITY_LABELS = {analytics.HOUR: "hourly", analytics.DAY: "daily"}
+
+
+def _range_choices() -> list[tuple[str, str, str]]:
+    """(range, granularity, label) for each view the Overview offers, in display order."""
+    choices = []
+    for key, (_hours, allowed) in analytics.RANGES.items():
+        for granularity in allowed:
+            label = RANGE_LABELS.get(key, key)
+            if len(allowed) > 1:
+                label = f"{label} · {GRANULARITY_LABELS[granularity]}"
+            choices.append((key, granularity, label))
+    return choices
 
 
 def _overview_chart_data(usage: analytics.UsageOverview) -> dict[str, object]:
@@ -113,17 +177,24 @@ def api_keys(request: OrgRequest) -> HttpResponse:
         if not request.membership.has_role(Role.ADMIN):
             raise PermissionDenied("Only admins and owners manage API keys.")
         if form.is_valid():
-            issued = services.api_key_create(
-                org=org,
-                created_by=request.user,
-                **form.service_kwargs(),
-            )
-            # Rendered directly, never stored or redirected with: this is the only time.
-            return render(
-                request,
-                "dashboard/api_key_created.html",
-                {"api_key": issued.api_key, "secret": issued.secret, "nav": "keys"},
-            )
+            try:
+                issued = services.api_key_create(
+                    org=org,
+                    created_by=request.user,
+                    **form.service_kwargs(),
+                )
+            except (NotFound, NotPermitted):
+                raise
+            except ApplicationError as exc:
+                # Shown on the form it is about (e.g. a reserved name), which stays filled in.
+                form.add_error(exc.param if exc.param in form.fields else None, exc.message)
+            else:
+                # Rendered directly, never stored or redirected with: this is the only time.
+                return render(
+                    request,
+                    "dashboard/api_key_created.html",
+                    {"api_key": issued.api_key, "secret": issued.secret, "nav": "keys"},
+                )
     return render(
         request,
         "dashboard/api_keys.html",
@@ -295,10 +366,15 @@ def org_settings(request: OrgRequest) -> HttpResponse:
     org = request.org
     gateway_settings = OrgGatewaySettings.objects.filter(organization=org).first()
     chain = gateway_settings.default_chain if gateway_settings is not None else []
+    threshold = wallet_selectors.wallet_summary(org=org).low_balance_threshold_micros
     initial = {
         "name": org.name,
         "zero_retention": org.zero_retention,
         "default_chain": ", ".join(chain),
+        # Exact (no rounding): what is saved again unchanged must compare equal below.
+        "low_balance_alert_usd": (
+            Decimal(threshold) / MICROS_PER_USD if threshold is not None else None
+        ),
     }
     form = OrganizationSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST":
@@ -317,12 +393,21 @@ def org_settings(request: OrgRequest) -> HttpResponse:
                     actor=request.user,
                     model_ids=form.cleaned_data["default_chain"].split(","),
                 )
+                alert = form.low_balance_alert_micros()
+                if alert != threshold:  # unchanged: no audit entry, no re-arming
+                    wallet_services.wallet_set_low_balance_alert(
+                        org=org, actor=request.user, threshold_micros=alert
+                    )
             messages.success(request, "Settings saved.")
             return redirect("dashboard:settings")
     return render(
         request,
         "dashboard/settings.html",
-        {"form": form, "nav": "settings"},
+        {
+            "form": form,
+            "nav": "settings",
+            "provider_keys": provider_keys_of(org=org),
+        },
         status=400 if form.is_bound and not form.is_valid() else 200,
     )
 

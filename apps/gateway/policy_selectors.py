@@ -139,8 +139,9 @@ def api_key_pins_of(*, org: Organization) -> dict[int, RoutingPolicy]:
 
 
 def api_key_of(*, org: Organization, api_key_id: int) -> ApiKey:
-    """``org``'s API key with this id; another organization's key is not found."""
-    key = ApiKey.objects.filter(organization=org, pk=api_key_id).first()
+    """``org``'s API key with this id; another organization's key, or an internal one (which
+    customers do not manage), is not found."""
+    key = ApiKey.objects.filter(organization=org, pk=api_key_id, internal=False).first()
     if key is None:
         raise NotFound("API key not found.", code="api_key_not_found")
     return key

@@ -2,10 +2,10 @@
 
 The call service bills and logs through an :class:`ApiKey` (its organization, its allowed models,
 its limits, the request log's key). A dashboard user has none, so each organization gets one
-internal "dashboard" key, created on demand through the accounts service by the operator
-(``created_by=None``). Its secret is thrown away at creation: nobody can present it over HTTP,
-it only names the principal. It is listed with the org's keys, so admins see what the playground
-spent and can revoke it (a new one is created on the next session call).
+internal key (``ApiKey.internal``), created on demand through the accounts service by the
+platform (``created_by=None``). Its secret is thrown away at creation: nobody can present it over
+HTTP, it only names the principal. Customers never see it among their API keys nor manage it
+(revoke, policy pins); its calls show in usage as "Playground".
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from django.db import transaction
 
 from apps.accounts import selectors as account_selectors
 from apps.accounts import services as account_services
-from apps.accounts.models import ApiKey, Organization, User
+from apps.accounts.models import PLAYGROUND_KEY_NAME, ApiKey, Organization, User
 from llmwise.errors import NotFound
 
-DASHBOARD_KEY_NAME = "Dashboard (playground)"
+DASHBOARD_KEY_NAME = PLAYGROUND_KEY_NAME
 
 
 def session_organization(*, user: User, session_org_id: object) -> Organization:
@@ -35,19 +35,22 @@ def session_organization(*, user: User, session_org_id: object) -> Organization:
 
 @transaction.atomic
 def dashboard_api_key(*, org: Organization) -> ApiKey:
-    """The org's usable dashboard key, created when there is none (or it was revoked)."""
+    """The org's usable internal dashboard key, created when there is none (or it was revoked
+    or expired, which only the platform can do)."""
     # Lock the org row so two first calls at once create one key, not two.
     Organization.objects.select_for_update().filter(pk=org.pk).first()
     existing = [
         key
         for key in ApiKey.objects.select_related("organization")
-        .filter(organization=org, name=DASHBOARD_KEY_NAME, created_by=None, revoked_at=None)
+        .filter(organization=org, internal=True, revoked_at=None)
         .order_by("-created_at")
         if key.is_usable
     ]
     if existing:
         return existing[0]
-    issued = account_services.api_key_create(org=org, name=DASHBOARD_KEY_NAME, created_by=None)
+    issued = account_services.api_key_create(
+        org=org, name=DASHBOARD_KEY_NAME, created_by=None, internal=True
+    )
     return ApiKey.objects.select_related("organization").get(pk=issued.api_key.pk)
 
 

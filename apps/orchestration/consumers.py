@@ -1,9 +1,10 @@
 """``WS /ws/v1/orchestrate``: Compare, Blend and Judge over a WebSocket (the playground's socket).
 
-The gateway's chat socket (``apps/gateway/consumers.py``) extended with three message types; its
-authentication is reused as is — the dashboard session (billed to the user's current
-organization through its internal dashboard key) or a first ``{"type": "auth", "api_key"}`` —
-and so are ``chat`` and ``cancel``. Protocol (``docs/orchestration.md``):
+The gateway's chat socket (``apps/gateway/consumers.py``) with three more message types. What
+every API socket shares — authentication by the dashboard session (billed to the user's current
+organization through its internal playground key) or a first ``{"type": "auth", "api_key"}``,
+``cancel``, error frames, the per-socket stream limit — comes from
+:class:`apps.gateway.sockets.ApiSocketConsumer`. Protocol (``docs/orchestration.md``):
 
 - ``{"type": "compare" | "blend" | "judge", "id": "<client id>", ...the HTTP body}`` (always
   streamed) → ``{"type": "run", "id", "request_id", ...}``, then the run's events, each as
@@ -14,18 +15,14 @@ and so are ``chat`` and ``cancel``. Protocol (``docs/orchestration.md``):
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncGenerator
+import functools
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Final, cast
 
-from apps.gateway.consumers import (
-    CLOSE_UNAUTHENTICATED,
-    MAX_CHATS_PER_SOCKET,
-    MAX_CLIENT_ID_LENGTH,
-    ChatConsumer,
-)
-from llmwise.errors import ApplicationError, NotPermitted, Unauthenticated, new_request_id
+from apps.accounts.models import ApiKey
+from apps.gateway.consumers import ChatConsumer, message_body
+from apps.gateway.sockets import MessageHandler
+from llmwise.errors import ApplicationError, new_request_id
 
 from . import runner
 from .apis import parse_run
@@ -35,78 +32,41 @@ ENDPOINT_PREFIX: Final = "ws."
 MODES: Final = tuple(OrchestrationRun.Mode.values)
 
 
-def _bad(message: str, param: str | None = None) -> ApplicationError:
-    return ApplicationError(message, code="invalid_request", param=param)
-
-
 class OrchestrateConsumer(ChatConsumer):
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        chat_id = None
-        try:
-            try:
-                message = json.loads(text_data) if text_data is not None else None
-            except ValueError as exc:
-                raise _bad("Send JSON text messages.") from exc
-            if not isinstance(message, dict):
-                raise _bad("A message must be a JSON object with a 'type'.")
-            raw_id = message.get("id")
-            chat_id = raw_id if isinstance(raw_id, str) else None
-            kind = message.get("type")
-            if kind == "auth":
-                await self._auth(message)
-            elif kind == "chat":
-                await self._start_chat(message)
-            elif kind in MODES:
-                await self._start_run(message, mode=kind)
-            elif kind == "cancel":
-                await self._cancel(message)
-            else:
-                raise _bad(f"type must be one of auth, chat, {', '.join(MODES)} or cancel.", "type")
-        except ApplicationError as exc:
-            await self._send_error(exc, chat_id=chat_id)
-            if isinstance(exc, Unauthenticated) and self.api_secret is None:
-                await self.close(code=CLOSE_UNAUTHENTICATED)
+    def message_handlers(self) -> Mapping[str, MessageHandler]:
+        return {
+            **super().message_handlers(),
+            **{mode: functools.partial(self.run_start, mode=mode) for mode in MODES},
+        }
 
-    async def _start_run(self, message: dict[str, Any], *, mode: str) -> None:
-        run_id = message.get("id")
-        if not isinstance(run_id, str) or not 0 < len(run_id) <= MAX_CLIENT_ID_LENGTH:
-            raise _bad(f"id: a string of 1 to {MAX_CLIENT_ID_LENGTH} characters is required.", "id")
-        if run_id in self.chats:
-            raise _bad(f"A run with id {run_id!r} is already running.", "id")
-        if len(self.chats) >= MAX_CHATS_PER_SOCKET:
-            raise NotPermitted(
-                f"At most {MAX_CHATS_PER_SOCKET} chats or runs may stream at once on one socket.",
-                code="too_many_streams",
-            )
-        body = {k: v for k, v in message.items() if k not in ("type", "id", "stream")}
-        spec, _ = parse_run(body, mode=mode)
-        api_key = await self._principal()
-        self.chats[run_id] = asyncio.create_task(self._run(run_id, spec, api_key))
+    async def run_start(self, message: dict[str, Any], *, mode: str) -> None:
+        """Validate a Compare / Blend / Judge message and stream the run under the client's id."""
+        run_id = self.stream_id(message, noun="run")
+        spec, _ = parse_run(message_body(message), mode=mode)
+        api_key = await self.principal()
+        self.stream_start(run_id, self._run(run_id, spec, api_key))
 
-    async def _run(self, run_id: str, spec: runner.RunSpec, api_key: Any) -> None:
+    async def _run(self, run_id: str, spec: runner.RunSpec, api_key: ApiKey) -> None:
         request_id = new_request_id()
         try:
-            try:
-                run = await runner.run_start(
-                    api_key=api_key,
-                    spec=spec,
-                    request_id=request_id,
-                    endpoint=ENDPOINT_PREFIX + spec.mode,
-                    stream=True,
-                )
-            except ApplicationError as exc:
-                await self._send_error(exc, chat_id=run_id, request_id=request_id)
-                return
-            events = cast(AsyncGenerator[tuple[str, dict[str, Any]], None], run.events())
-            try:
-                async for name, data in events:
-                    frame = {"type": name, **data, "id": run_id}
-                    if "id" in data:
-                        frame["request_id"] = data["id"]
-                    await self._send(frame)
-            finally:
-                # On cancel (socket closed, or a cancel message) this cancels the run's calls,
-                # which settle what they streamed, and releases the rest of the hold.
-                await events.aclose()
+            run = await runner.run_start(
+                api_key=api_key,
+                spec=spec,
+                request_id=request_id,
+                endpoint=ENDPOINT_PREFIX + spec.mode,
+                stream=True,
+            )
+        except ApplicationError as exc:
+            await self.send_error(exc, client_id=run_id, request_id=request_id)
+            return
+        events = cast(AsyncGenerator[tuple[str, dict[str, Any]], None], run.events())
+        try:
+            async for name, data in events:
+                frame = {"type": name, **data, "id": run_id}
+                if "id" in data:
+                    frame["request_id"] = data["id"]
+                await self.send_frame(frame)
         finally:
-            self.chats.pop(run_id, None)
+            # On cancel (socket closed, or a cancel message) this cancels the run's calls,
+            # which settle what they streamed, and releases the rest of the hold.
+            await events.aclose()

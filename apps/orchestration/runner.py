@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -52,6 +53,8 @@ SLOT_KEY: Final = "orch:active:{org_id}"
 SLOT_TTL_MARGIN_SECONDS: Final = 60.0
 MS: Final = 1000
 
+logger = logging.getLogger(__name__)
+
 
 class OrchestrationTimeout(ApplicationError):
     status_code: int = 504
@@ -63,6 +66,14 @@ class AllModelsFailed(ApplicationError):
     status_code: int = 502
     error_type = "upstream_error"
     code = "all_models_failed"
+
+
+class CallCrashed(ApplicationError):
+    """A child call ended by a failure of ours, not the provider's (details in the log)."""
+
+    status_code: int = 500
+    error_type = "api_error"
+    code = "internal_error"
 
 
 class TooManyRuns(ApplicationError):
@@ -534,14 +545,22 @@ class Run:
             )
         except ApplicationError as exc:
             result.error = exc
-        result.text = "".join(texts)
-        result.latency_ms = _elapsed_ms(started)
-        if stream is not None:
-            result.model = stream.model.id  # the member of a failover chain that answered
-            result.byok = stream.byok
-            result.usage = stream.outcome.get("usage")
-            result.cost_micros = stream.outcome.get("cost_micros", 0)
-        queue.put_nowait(result)
+        except Exception as exc:
+            # Reported as this call's failure: the run goes on, and its fan-out must not wait
+            # forever for a result that would never come.
+            logger.exception("Orchestration call %s failed", job.request_id)
+            result.error = CallCrashed(
+                f"{job.chat.model} failed inside LLMWise ({type(exc).__name__})."
+            )
+        finally:
+            result.text = "".join(texts)
+            result.latency_ms = _elapsed_ms(started)
+            if stream is not None:
+                result.model = stream.model.id  # the member of a failover chain that answered
+                result.byok = stream.byok
+                result.usage = stream.outcome.get("usage")
+                result.cost_micros = stream.outcome.get("cost_micros", 0)
+            queue.put_nowait(result)
 
     def _run_payload(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,10 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from apps.accounts import services
-from apps.accounts.models import ApiKey, AuditEvent
+from apps.accounts.models import PLAYGROUND_KEY_NAME, ApiKey, AuditEvent
+from apps.gateway.models import ApiKeyPolicyPin
+from apps.gateway.policy_services import routing_policy_create
+from apps.gateway.principals import dashboard_api_key
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 from tests.conftest import Personas
 
@@ -176,3 +179,58 @@ def test_key_retention_overrides_the_organization(
         org=personas.org, name="k", created_by=personas.owner, zero_retention=key_zero
     )
     assert ApiKey.objects.get(pk=issued.api_key.pk).retains_text is retains
+
+
+# --- the internal playground key -----------------------------------------------------------------
+def test_the_playground_keys_name_is_reserved(personas: Personas) -> None:
+    owner = personas.client(personas.owner)
+    for name in ("Playground", " playground "):
+        response = owner.post("/dashboard/keys/", {"name": name})
+        assert response.status_code == 400
+        assert "names the dashboard" in response.content.decode()
+    assert not ApiKey.objects.filter(organization=personas.org).exists()
+    assert owner.post("/dashboard/keys/", {"name": "Playground tests"}).status_code == 200
+
+
+def test_customers_cannot_reach_the_internal_key(personas: Personas) -> None:
+    """Not revocable, not pinnable, not offered anywhere keys are chosen; the platform itself
+    (closing the organization) can still revoke it."""
+    internal = dashboard_api_key(org=personas.org)
+    assert (internal.internal, internal.name) == (True, PLAYGROUND_KEY_NAME)
+    policy = routing_policy_create(
+        org=personas.org,
+        actor=personas.owner,
+        name="cheap",
+        document={"allowed_providers": ["openai"]},
+    )
+    owner = personas.client(personas.owner)
+    assert owner.post(f"/dashboard/keys/{internal.pk}/revoke/").status_code == 404
+    pin = owner.post(
+        f"/dashboard/routing/policies/{policy.pk}/pins/", {"api_key": str(internal.pk)}
+    )
+    assert pin.status_code == 404
+    assert not ApiKeyPolicyPin.objects.exists()
+    for page in ("/dashboard/keys/", f"/dashboard/routing/policies/{policy.pk}/"):
+        assert internal.prefix not in owner.get(page).content.decode(), page
+    dry_run = owner.post(
+        "/dashboard/routing/policies/dry-run/",
+        {"prompt": "hi", "model": "auto", "api_key": str(internal.pk), "max_tokens": 10},
+    )
+    assert dry_run.status_code == 400  # not a choice
+    internal.refresh_from_db()
+    assert internal.revoked_at is None
+    with pytest.raises(NotFound):
+        services.api_key_revoke(org=personas.org, actor=personas.owner, key_id=internal.pk)
+    services.api_key_revoke(org=personas.org, actor=None, key_id=internal.pk)
+    internal.refresh_from_db()
+    assert internal.revoked_at is not None
+    # A revoked (or expired) internal key is replaced on the next dashboard call.
+    assert dashboard_api_key(org=personas.org).pk != internal.pk
+
+
+def test_only_the_platform_makes_internal_keys(personas: Personas) -> None:
+    with pytest.raises(NotPermitted):
+        services.api_key_create(
+            org=personas.org, name="sneaky", created_by=personas.owner, internal=True
+        )
+    assert not ApiKey.objects.filter(organization=personas.org).exists()

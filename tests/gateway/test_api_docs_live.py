@@ -115,15 +115,11 @@ def test_quickstart_python_examples_work_as_printed(
     _charged_everything_logged(personas)
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_quickstart_node_example_is_valid_javascript(
-    live_gateway: LiveGateway, tmp_path: Path
-) -> None:
-    # The openai npm package is not installed here, so the example is parsed, not run.
-    script = tmp_path / "quickstart.mjs"
-    script.write_text(_examples(live_gateway)["node-openai"])
+def node_parses(source: str, script: Path) -> None:
+    """``source`` is valid JavaScript for Node (an ES module, so top-level await is fine)."""
     node = shutil.which("node")
     assert node is not None
+    script.write_text(source)
     result = subprocess.run(
         [node, "--check", str(script)],
         capture_output=True,
@@ -132,6 +128,14 @@ def test_quickstart_node_example_is_valid_javascript(
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_quickstart_node_example_is_valid_javascript(
+    live_gateway: LiveGateway, tmp_path: Path
+) -> None:
+    # The openai npm package is not installed here, so the example is parsed, not run.
+    node_parses(_examples(live_gateway)["node-openai"], tmp_path / "quickstart.mjs")
 
 
 # --- real answers against the schema ---------------------------------------------------------

@@ -18,7 +18,7 @@ from django.test import Client
 
 from apps.accounts import services as account_services
 from apps.accounts.middleware import SESSION_KEY
-from apps.accounts.models import ApiKey, Organization, User
+from apps.accounts.models import PLAYGROUND_KEY_NAME, ApiKey, Organization, User
 from apps.gateway.models import RequestLog
 from apps.gateway.principals import DASHBOARD_KEY_NAME
 from apps.gateway.sandbox import SandboxServer
@@ -174,6 +174,49 @@ async def test_session_user_chats_billed_to_the_current_org_through_one_dashboar
     assert await db(_balance, personas.org) == FUNDS - spent
     assert await db(_balance, personas.other_org) == FUNDS
     await db(_audit_ok)
+
+
+def _dashboard_after_playground_chat(personas: Personas, key: ApiKey, request_id: str) -> None:
+    """What the org's owner sees in the dashboard once the playground has been used."""
+    owner = personas.client(personas.owner)
+    # Not among the keys the customer manages, nor counted as "an API key was created".
+    keys_page = owner.get("/dashboard/keys/")
+    assert keys_page.status_code == 200
+    assert list(keys_page.context["keys"]) == []
+    assert key.prefix not in keys_page.content.decode()
+    checklist = dict(owner.get("/dashboard/").context["checklist"])
+    assert checklist["Create an API key"] is False
+    assert checklist["Make your first API call"] is False
+    # Nor offered as the key to paste into the Quickstart (its secret was never shown).
+    assert key.prefix not in owner.get("/docs/").content.decode()
+    # Revoking it is not the customer's to do: not found, and the key keeps working.
+    assert owner.post(f"/dashboard/keys/{key.pk}/revoke/").status_code == 404
+    key.refresh_from_db()
+    assert key.revoked_at is None
+    # Its calls are in the usage log, attributed to the playground, and filterable.
+    usage = owner.get("/dashboard/usage/", {"api_key": key.prefix})
+    assert usage.status_code == 200
+    page = usage.content.decode()
+    assert f'<option value="{key.prefix}" selected>{PLAYGROUND_KEY_NAME} ({key.prefix}…)' in page
+    assert [log.request_id for log in usage.context["page"].rows] == [request_id]
+    assert f"<td>{PLAYGROUND_KEY_NAME}</td>" in page
+    detail = owner.get(f"/dashboard/usage/requests/{request_id}/").content.decode()
+    assert f"{PLAYGROUND_KEY_NAME} <code>{key.prefix}…</code>" in detail
+
+
+async def test_playground_key_is_hidden_from_key_management_but_named_in_usage(
+    personas: Personas,
+) -> None:
+    await db(_fund, personas.org)
+    communicator = await _connect(await db(_session_cookie, personas.owner, personas.org))
+    assert await communicator.receive_json_from(timeout=5) == {"type": "ready", "auth": "session"}
+    await communicator.send_json_to(_chat())
+    done = (await _until_end(communicator))[-1]
+    await communicator.disconnect()
+    assert done["type"] == "done"
+    key = await db(ApiKey.objects.get, organization=personas.org)
+    assert (key.internal, key.name) == (True, PLAYGROUND_KEY_NAME)
+    await db(_dashboard_after_playground_chat, personas, key, done["request_id"])
 
 
 async def test_outsider_session_bills_only_their_own_org(personas: Personas) -> None:

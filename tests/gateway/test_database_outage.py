@@ -1,0 +1,160 @@
+"""The database going away under the live gateway: 503 in our envelope, never a 500 page.
+
+The live ASGI server (real HTTP) serves the same handler as production, hot path included. The
+"outage" points the database settings at a port where nothing listens and closes the open
+connections, so every statement from then on fails as it does while PostgreSQL restarts;
+nothing of ours is patched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from io import StringIO
+from typing import Any
+
+import httpx
+import pytest
+from asgiref.sync import SyncToAsync
+from django.core.management import call_command
+from django.db import connection, connections
+from django.utils import timezone
+
+from apps.accounts import services as account_services
+from apps.gateway.sandbox import SandboxServer
+from apps.wallet import services as wallet_services
+from apps.wallet.models import LedgerEntry, Reservation, Wallet
+from tests.conftest import Personas
+from tests.gateway.conftest import FaultControl, LiveGateway
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
+
+FUNDS = 1_000_000
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+
+
+class Outage:
+    """Turns the database off and on for every thread of this process."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monkeypatch = monkeypatch
+        self.port = connection.settings_dict.get("PORT")
+
+    def _close_everywhere(self) -> None:
+        # The gateway's sync work runs on asgiref's shared thread: close its connection there.
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+        connections.close_all()
+        account_services.api_key_caches_clear()  # authenticate against the database again
+
+    def begin(self) -> None:
+        self.monkeypatch.setitem(connection.settings_dict, "PORT", "1")  # nothing listens there
+        self._close_everywhere()
+
+    def end(self) -> None:
+        self.monkeypatch.setitem(connection.settings_dict, "PORT", self.port)
+        self._close_everywhere()
+
+
+@pytest.fixture
+def outage(monkeypatch: pytest.MonkeyPatch) -> Iterator[Outage]:
+    if connection.vendor != "postgresql":
+        pytest.skip("an SQLite file cannot go away")
+    switch = Outage(monkeypatch)
+    yield switch
+    switch.end()
+
+
+@pytest.fixture
+def secret(personas: Personas, settings: Any, sandbox: SandboxServer) -> str:
+    settings.PROVIDER_SANDBOX = True
+    settings.PROVIDER_SANDBOX_URL = sandbox.base_url
+    wallet = wallet_services.wallet_for_org(org=personas.org)
+    wallet_services.wallet_grant(wallet=wallet, amount_micros=FUNDS, note="outage tests")
+    return account_services.api_key_create(
+        org=personas.org, name="k", created_by=personas.owner
+    ).secret
+
+
+def _post(url: str, secret: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(url, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error_of"),
+    [
+        ("/v1/chat/completions", BODY, lambda b: b["error"]),
+        ("/v1/chat/completions", {**BODY, "stream": True}, lambda b: b["error"]),
+        ("/api/v1/chat", {**BODY, "stream": True}, lambda b: b["error"]),
+        ("/v1/messages", BODY, lambda b: b["error"]),
+        ("/api/v1/wallet", None, lambda b: b["error"]),
+    ],
+)
+def test_requests_during_the_outage_get_503_in_the_envelope_then_service_resumes(
+    live_gateway: LiveGateway,
+    secret: str,
+    outage: Outage,
+    path: str,
+    body: dict[str, Any] | None,
+    error_of: Any,
+) -> None:
+    url = live_gateway.url + path
+    outage.begin()
+    if body is None:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    else:
+        response = _post(url, secret, body)
+    assert response.status_code == 503, response.text[:300]
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["content-type"].startswith("application/json")
+    error = error_of(response.json())
+    assert error["message"]
+    request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
+    assert request_id
+    assert request_id in response.text
+    outage.end()
+    if body is None:
+        again = httpx.get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    else:
+        again = _post(url, secret, {**body, "stream": False})
+    assert again.status_code == 200, again.text[:300]
+
+
+def test_a_stream_whose_settle_fails_ends_with_an_error_event_and_is_not_charged(
+    live_gateway: LiveGateway,
+    secret: str,
+    personas: Personas,
+    outage: Outage,
+    faults: FaultControl,
+) -> None:
+    faults.set(provider="openai", fault="none", chunk_delay_ms=100)
+    with httpx.stream(
+        "POST",
+        live_gateway.url + "/v1/chat/completions",
+        json={**BODY, "stream": True, "max_tokens": 200},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        lines = response.iter_lines()
+        assert any("content" in next(lines) for _ in range(4))
+        outage.begin()  # the call is held and streaming; its settle will find no database
+        events = [
+            json.loads(line.removeprefix("data: "))
+            for line in lines
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]
+    outage.end()
+    assert events[-1]["error"]["code"] == "service_unavailable"
+    assert events[-1]["error"]["request_id"] == request_id
+    assert not any("usage" in event and event.get("choices") == [] for event in events)
+    # The hold is still there (the settle never committed): the sweeper frees it, no charge.
+    held = Reservation.objects.get(request_id=request_id)
+    assert held.status == Reservation.Status.HELD
+    assert not LedgerEntry.objects.filter(request_id=request_id).exists()
+    # Time passes: the hold expires (its TTL outlives any call) and the sweeper frees it.
+    Reservation.objects.filter(pk=held.pk).update(expires_at=timezone.now())
+    assert wallet_services.reservations_release_expired() == 1
+    wallet = Wallet.objects.get(organization=personas.org)
+    assert (wallet.balance_micros, wallet.reserved_micros) == (FUNDS, 0)
+    call_command("wallet_audit", stdout=StringIO(), stderr=StringIO())
