@@ -17,7 +17,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from llmwise.errors import ApplicationError
+from llmwise.errors import ENVELOPE_ERRORS, ApplicationError, as_application_error
 
 from . import calls
 from .native_api import limit_headers
@@ -303,7 +303,9 @@ async def _sse(
             if event.finish_reason is not None:
                 finish_reason = event.finish_reason
             event = await anext(events, None)
-    except ApplicationError as exc:
+    except ENVELOPE_ERRORS as caught:
+        # The database failing as the call settles is an error of ours, in the same envelope.
+        exc = as_application_error(caught)
         yield _event("error", anthropic_error_body(exc, request_id=stream.request_id))
         return
     finally:

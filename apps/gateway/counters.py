@@ -13,6 +13,14 @@ Backends behave the same and are chosen by settings (:func:`counters`): Redis (o
 script per operation, redis-py's asyncio client with one connection pool per event loop) and
 in-process memory (the embedded default: a lock, expiring entries, a bound on their number).
 
+**When Redis is unreachable** (refused, reset or silent for ``GATEWAY_COUNTERS_TIMEOUT_SECONDS``),
+the Redis backend carries on in the process's own memory: every operation is answered by an
+in-process store, Redis is tried again every ``GATEWAY_COUNTERS_RETRY_SECONDS`` (by one caller;
+the others keep counting locally meanwhile), and once it answers the process returns to it and
+forgets what it counted locally. So rate limits, health and breakers degrade to per-process
+state instead of failing open or closed; :attr:`Counters.degraded` says which is in use. One
+warning is logged when a process switches either way (not one per call).
+
 Window arithmetic runs on the backend's ``clock`` (wall-clock seconds, injectable for tests), not
 on Redis' clock, so both backends compute identical results; app servers sharing one Redis need
 clocks in NTP agreement, which only matters at bucket boundaries. Value TTLs run on the store's
@@ -23,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -37,6 +46,9 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "llmwise:ctr:"
 # A bucket is read while it is current or previous: keep it two windows, plus a margin for
@@ -151,6 +163,11 @@ class Counters(ABC):
 
     def __init__(self, *, clock: Clock = time.time) -> None:
         self.clock = clock
+
+    @property
+    def degraded(self) -> bool:
+        """True while a shared backend is unreachable and this process counts on its own."""
+        return False
 
     @abstractmethod
     async def take(self, windows: Sequence[Window]) -> Take:
@@ -425,8 +442,28 @@ return {1, 1, result}
 """
 
 
+# Redis on the hot path answers in well under a millisecond; a reply this late means trouble.
+DEFAULT_TIMEOUT_SECONDS = 0.5
+DEFAULT_RETRY_SECONDS = 5.0
+
+
 def _ms(seconds: float) -> int:
     return max(math.ceil(seconds * 1000), 1)
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    from redis import exceptions
+
+    # Connection refused/reset/timed out, a server still loading its data, or one that cannot
+    # take writes (a replica after failover, out of memory): all mean "count elsewhere for now".
+    # Other errors (a bad script, a wrong type) are bugs and are raised as they are.
+    return (
+        exceptions.ConnectionError,
+        exceptions.TimeoutError,
+        exceptions.ReadOnlyError,
+        exceptions.OutOfMemoryError,
+        OSError,
+    )
 
 
 class RedisCounters(Counters):
@@ -435,19 +472,46 @@ class RedisCounters(Counters):
     A redis-py asyncio client belongs to the loop that opened its sockets: the server has one
     loop, but tests and ``async_to_sync`` callers make many, so there is one pooled client per
     loop (dropped once its loop is closed).
+
+    While Redis is unreachable the operations run on :attr:`local`, an in-process store on the
+    same clock (see the module docstring). Each Redis call is bounded by ``timeout_seconds``
+    (connect and reply) and retried once at most, at once (a pooled connection that a Redis
+    restart closed): a frozen or dead Redis costs a caller that long, not redis-py's default of
+    ten retries with back-off.
     """
 
-    def __init__(self, *, url: str, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        clock: Clock = time.time,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        max_entries: int = 100_000,
+    ) -> None:
         super().__init__(clock=clock)
         self.url = url
+        self.timeout_seconds = timeout_seconds
+        self.retry_seconds = retry_seconds
+        # Reads self.clock at each call, so a clock swapped in later (tests) applies to both.
+        self.local = MemoryCounters(clock=lambda: self.clock(), max_entries=max_entries)
+        self._unreachable = _unreachable_errors()
+        self._degraded = False
+        self._retry_at = 0.0  # time.monotonic() when Redis may be tried again
         # loop → (client, registered scripts)
         self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
 
     def _client(self) -> Any:
         return self._loop_state()[0]
 
     def _loop_state(self) -> tuple[Any, dict[str, Any]]:
         from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         loop = asyncio.get_running_loop()
         state = self._clients.get(loop)
@@ -456,7 +520,13 @@ class RedisCounters(Counters):
             # loop go: drop the clients of closed loops (their sockets close when collected).
             for closed in [other for other in self._clients if other.is_closed()]:
                 del self._clients[closed]
-            client = Redis.from_url(self.url, decode_responses=False)
+            client = Redis.from_url(
+                self.url,
+                decode_responses=False,
+                socket_connect_timeout=self.timeout_seconds,
+                socket_timeout=self.timeout_seconds,
+                retry=Retry(NoBackoff(), 1),
+            )
             state = self._clients[loop] = (client, {})
         return state
 
@@ -466,6 +536,48 @@ class RedisCounters(Counters):
         if state is not None:
             await state[0].aclose()
 
+    # --- Redis, or this process's memory while Redis is unreachable ---------------------------
+    def _redis_due(self) -> bool:
+        if not self._degraded:
+            return True
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        # This caller tries Redis; the others keep counting locally until it has an answer.
+        self._retry_at = now + self.retry_seconds
+        return True
+
+    def _went_away(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + self.retry_seconds
+        if not self._degraded:
+            self._degraded = True
+            logger.warning(
+                "counters: Redis unreachable (%s: %s); this process counts on its own "
+                "(limits, health, breakers) and tries Redis again every %.1f s",
+                type(exc).__name__,
+                exc,
+                self.retry_seconds,
+            )
+
+    def _came_back(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            self.local.clear()
+            logger.warning("counters: Redis answers again; this process counts in Redis again")
+
+    async def _either(
+        self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self._redis_due():
+            try:
+                result = await shared()
+            except self._unreachable as exc:
+                self._went_away(exc)
+            else:
+                self._came_back()
+                return result
+        return await local()
+
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         # EVALSHA with a fallback to EVAL: the script body is sent once per server restart.
         client, scripts = self._loop_state()
@@ -474,7 +586,61 @@ class RedisCounters(Counters):
             registered = scripts[script] = client.register_script(script)
         return await registered(keys=list(keys), args=list(args))
 
+    # --- the interface ---------------------------------------------------------------------
     async def take(self, windows: Sequence[Window]) -> Take:
+        return await self._either(
+            lambda: self._take_shared(windows), lambda: self.local.take(windows)
+        )
+
+    async def adjust(self, windows: Sequence[Window], *, at: float) -> None:
+        await self._either(
+            lambda: self._adjust_shared(windows, at=at),
+            lambda: self.local.adjust(windows, at=at),
+        )
+
+    async def value_get(self, key: str) -> int | None:
+        return await self._either(
+            lambda: self._value_get_shared(key), lambda: self.local.value_get(key)
+        )
+
+    async def value_set(
+        self, key: str, value: int, *, ttl_seconds: float, only_if_absent: bool = False
+    ) -> bool:
+        return await self._either(
+            lambda: self._value_set_shared(
+                key, value, ttl_seconds=ttl_seconds, only_if_absent=only_if_absent
+            ),
+            lambda: self.local.value_set(
+                key, value, ttl_seconds=ttl_seconds, only_if_absent=only_if_absent
+            ),
+        )
+
+    async def value_add(
+        self,
+        key: str,
+        amount: int,
+        *,
+        ttl_seconds: float | None,
+        limit: int | None = None,
+        floor: int | None = None,
+        only_if_present: bool = False,
+    ) -> tuple[bool, int | None]:
+        options: dict[str, Any] = {
+            "ttl_seconds": ttl_seconds,
+            "limit": limit,
+            "floor": floor,
+            "only_if_present": only_if_present,
+        }
+        return await self._either(
+            lambda: self._value_add_shared(key, amount, **options),
+            lambda: self.local.value_add(key, amount, **options),
+        )
+
+    async def delete(self, key: str) -> None:
+        await self._either(lambda: self._delete_shared(key), lambda: self.local.delete(key))
+
+    # --- the Redis side ----------------------------------------------------------------------
+    async def _take_shared(self, windows: Sequence[Window]) -> Take:
         now = self.clock()
         keys: list[str] = []
         args: list[Any] = [len(windows)]
@@ -505,7 +671,7 @@ class RedisCounters(Counters):
             admitted=refused_index is None, at=now, states=states, refused_index=refused_index
         )
 
-    async def adjust(self, windows: Sequence[Window], *, at: float) -> None:
+    async def _adjust_shared(self, windows: Sequence[Window], *, at: float) -> None:
         keys = [
             _bucket_keys(w.key, w.window_seconds, _bucket(at, w.window_seconds)[0])[0]
             for w in windows
@@ -513,27 +679,27 @@ class RedisCounters(Counters):
         if keys:
             await self._eval(_ADJUST, keys, [w.amount for w in windows])
 
-    async def value_get(self, key: str) -> int | None:
+    async def _value_get_shared(self, key: str) -> int | None:
         raw = await self._client().get(KEY_PREFIX + "v:" + key)
         return None if raw is None else int(raw)
 
-    async def value_set(
-        self, key: str, value: int, *, ttl_seconds: float, only_if_absent: bool = False
+    async def _value_set_shared(
+        self, key: str, value: int, *, ttl_seconds: float, only_if_absent: bool
     ) -> bool:
         done = await self._client().set(
             KEY_PREFIX + "v:" + key, value, px=_ms(ttl_seconds), nx=only_if_absent
         )
         return bool(done)
 
-    async def value_add(
+    async def _value_add_shared(
         self,
         key: str,
         amount: int,
         *,
         ttl_seconds: float | None,
-        limit: int | None = None,
-        floor: int | None = None,
-        only_if_present: bool = False,
+        limit: int | None,
+        floor: int | None,
+        only_if_present: bool,
     ) -> tuple[bool, int | None]:
         done, present, value = await self._eval(
             _VALUE_ADD,
@@ -548,11 +714,11 @@ class RedisCounters(Counters):
         )
         return bool(done), int(value) if present else None
 
-    async def delete(self, key: str) -> None:
+    async def _delete_shared(self, key: str) -> None:
         await self._client().delete(KEY_PREFIX + "v:" + key)
 
 
-_backends: dict[tuple[str, str, int], Counters] = {}
+_backends: dict[tuple[Any, ...], Counters] = {}
 _backends_lock = threading.Lock()
 
 
@@ -561,7 +727,7 @@ def counters_redis_url() -> str:
     if settings.GATEWAY_COUNTERS_REDIS_URL:
         return str(settings.GATEWAY_COUNTERS_REDIS_URL)
     cache = settings.CACHES.get("default", {})
-    if cache.get("BACKEND", "").endswith("RedisCache"):
+    if str(cache.get("BACKEND", "")).endswith("RedisCache"):
         location = cache.get("LOCATION", "")
         return str(location[0] if isinstance(location, list | tuple) else location)
     return ""
@@ -572,6 +738,8 @@ _COUNTER_SETTINGS = frozenset(
         "GATEWAY_COUNTERS_BACKEND",
         "GATEWAY_COUNTERS_REDIS_URL",
         "GATEWAY_COUNTERS_MAX_ENTRIES",
+        "GATEWAY_COUNTERS_TIMEOUT_SECONDS",
+        "GATEWAY_COUNTERS_RETRY_SECONDS",
         "CACHES",
     }
 )
@@ -603,16 +771,28 @@ def _resolve_counters() -> Counters:
         raise ImproperlyConfigured("GATEWAY_COUNTERS_BACKEND must be 'redis', 'memory' or empty.")
     if choice == "redis" and not url:
         raise ImproperlyConfigured("Redis counters need REDIS_URL or GATEWAY_COUNTERS_REDIS_URL.")
-    config = (choice, url if choice == "redis" else "", settings.GATEWAY_COUNTERS_MAX_ENTRIES)
+    max_entries = settings.GATEWAY_COUNTERS_MAX_ENTRIES
+    timeout = float(settings.GATEWAY_COUNTERS_TIMEOUT_SECONDS)
+    retry = float(settings.GATEWAY_COUNTERS_RETRY_SECONDS)
+    config: tuple[Any, ...] = (
+        (choice, url, max_entries, timeout, retry)
+        if choice == "redis"
+        else (choice, "", max_entries)
+    )
     backend = _backends.get(config)
     if backend is None:
         with _backends_lock:
             backend = _backends.get(config)
             if backend is None:
                 backend = (
-                    RedisCounters(url=url)
+                    RedisCounters(
+                        url=url,
+                        timeout_seconds=timeout,
+                        retry_seconds=retry,
+                        max_entries=max_entries,
+                    )
                     if choice == "redis"
-                    else MemoryCounters(max_entries=config[2])
+                    else MemoryCounters(max_entries=max_entries)
                 )
                 _backends[config] = backend
     _current = backend

@@ -20,7 +20,13 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.wallet.models import MICROS_PER_USD
-from llmwise.errors import ApplicationError, application_error_response, error_body
+from llmwise.errors import (
+    ENVELOPE_ERRORS,
+    ApplicationError,
+    application_error_response,
+    as_application_error,
+    error_body,
+)
 
 from . import calls
 from .models import CatalogModel
@@ -186,7 +192,9 @@ async def stream_payloads(
             if event.finish_reason is not None:
                 finish_reason = event.finish_reason
             event = await anext(events, None)
-    except ApplicationError as exc:
+    except ENVELOPE_ERRORS as caught:
+        # The database failing as the call settles is an error of ours, in the same envelope.
+        exc = as_application_error(caught)
         yield "error", error_payload(exc, request_id=stream.request_id)
         return
     finally:

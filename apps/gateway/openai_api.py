@@ -22,9 +22,11 @@ from apps.accounts.authentication import api_key_secret, client_ip
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_authenticate_cached, api_key_authenticate_limited
 from llmwise.errors import (
+    ENVELOPE_ERRORS,
     ApplicationError,
     Unauthenticated,
     application_error_response,
+    as_application_error,
     error_body,
 )
 
@@ -257,7 +259,9 @@ async def _sse(
             if event.finish_reason is not None:
                 yield chunk({}, event.finish_reason)
             event = await anext(stream.events, None)
-    except ApplicationError as exc:
+    except ENVELOPE_ERRORS as caught:
+        # The database failing as the call settles is an error of ours, in the same envelope.
+        exc = as_application_error(caught)
         yield _sse_data(
             error_body(
                 message=exc.message,

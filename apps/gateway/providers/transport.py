@@ -86,6 +86,49 @@ class SseEvent:
     data: str
 
 
+async def sse_lines(
+    response: httpx.Response, *, deadline: float | None = None
+) -> AsyncIterator[str]:
+    """The body's lines, split as the SSE spec says: on CR, LF or CRLF only.
+
+    (httpx's ``aiter_lines`` splits like ``str.splitlines``, so a JSON string holding a raw
+    U+2028 or U+0085, which providers send as UTF-8, would be cut in two.) Past ``deadline``
+    (loop time) it raises TimeoutError, however the upstream paces its bytes: every wait for the
+    next chunk is bounded by it, so a body trickled a byte at a time inside the read timeout, or
+    keep-alives sent forever, ends on time.
+    """
+    chunks = response.aiter_text()
+    pending = ""  # the start of a line not ended yet
+    cr_pending = False  # the last chunk ended in CR: a CRLF may be split across two chunks
+    while True:
+        try:
+            if deadline is None:
+                text = await anext(chunks)
+            else:
+                # Only the wait is under the timeout, never the consumer's work between two
+                # lines (this generator is suspended then, outside the scope).
+                async with asyncio.timeout_at(deadline):
+                    text = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        if cr_pending:
+            text = "\r" + text
+        cr_pending = text.endswith("\r")
+        if cr_pending:
+            text = text[:-1]
+        text = pending + text
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        # The last piece is not ended yet (when the chunk ended in CR, it is, but that CR is put
+        # back in front of the next chunk: a LF there makes it one CRLF, not an empty line).
+        pending = lines.pop()
+        for line in lines:
+            yield line
+    if pending or cr_pending:  # the body ended inside a line, or right after its CR
+        yield pending
+
+
 async def sse_events(
     response: httpx.Response, *, deadline: float | None = None
 ) -> AsyncIterator[SseEvent]:
@@ -94,15 +137,13 @@ async def sse_events(
     Comment lines (``: OPENROUTER PROCESSING`` keep-alives) are skipped, never surfaced as data.
     An event still pending when the body ends is yielded too: whether the stream was complete is
     for the adapter to judge from the events, not for the reader. Past ``deadline`` (loop time)
-    it raises TimeoutError: a call's total budget includes its streamed body.
+    it raises TimeoutError: a call's total budget includes its streamed body, however slowly the
+    upstream trickles it (see :func:`sse_lines`).
     """
-    loop = asyncio.get_running_loop()
     event = ""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in sse_lines(response, deadline=deadline):
         if not line:
-            if deadline is not None and loop.time() > deadline:
-                raise TimeoutError
             if data:
                 yield SseEvent(event, "\n".join(data))
             event, data = "", []

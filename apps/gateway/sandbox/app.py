@@ -29,6 +29,7 @@ from .faults import (
     HTTP_ERROR_FAULTS,
     LATENCY_HEADER,
     MIDSTREAM_FAULTS,
+    SLOW_FAULTS,
     Fault,
     FaultBook,
     FaultRule,
@@ -48,6 +49,9 @@ Send = Callable[[Message], Awaitable[None]]
 CONTROL_PREFIX = "/_control"
 HANG_MAX_SECONDS = 60.0  # a "timeout" fault waits this long for the client to give up
 MS = 1000
+# A "trickle" sends one byte this often (or every chunk_delay_ms when set): far inside any read
+# timeout, so only a deadline on the whole call ends it.
+TRICKLE_INTERVAL_MS = 50
 
 
 class DropConnection(Exception):
@@ -161,9 +165,11 @@ class SandboxApp:
             if fault in MIDSTREAM_FAULTS:  # a 200 whose body is cut or not JSON
                 await _send_reply(send, Reply(200, b'{"id": "broken", "choices": [{"index": 0'))
                 return
-            await _send_reply(
-                send, wire.completion(call=call, prompt=prompt, answer=answer, finish=finish)
-            )
+            reply = wire.completion(call=call, prompt=prompt, answer=answer, finish=finish)
+            if fault in SLOW_FAULTS:
+                await _send_slowly(send, receive, reply, fault=fault, interval_ms=chunk_delay)
+                return
+            await _send_reply(send, reply)
             return
 
         await send(
@@ -185,9 +191,22 @@ class SandboxApp:
         for data in wire.stream_head(call=call, prompt=prompt, answer=answer):
             await emit(data, delay=False)
         pieces = chunks(answer.text)
-        cut = max(1, len(pieces) // 2) if fault in MIDSTREAM_FAULTS else len(pieces)
+        cut = (
+            max(1, len(pieces) // 2)
+            if fault in MIDSTREAM_FAULTS or fault in SLOW_FAULTS
+            else len(pieces)
+        )
         for piece in pieces[:cut]:
             await emit(wire.stream_delta(call=call, prompt=prompt, answer=answer, text=piece))
+        if fault == Fault.STALL:
+            await _wait_for_disconnect(receive)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if fault == Fault.TRICKLE:
+            # An SSE comment that never ends, a byte at a time: each byte resets a read timeout.
+            await _trickle(send, receive, b":" + b" keep-alive" * 10_000, chunk_delay)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         if fault == Fault.MIDSTREAM_DROP:
             raise DropConnection
         if fault == Fault.MIDSTREAM_ERROR:
@@ -296,6 +315,42 @@ async def _wait_for_disconnect(receive: Receive) -> None:
                 pass
     except TimeoutError:
         pass
+
+
+async def _trickle(send: Send, receive: Receive, data: bytes, interval_ms: int) -> None:
+    """Send ``data`` one byte every ``interval_ms`` (default :data:`TRICKLE_INTERVAL_MS`) until
+    the client goes away, the data runs out, or :data:`HANG_MAX_SECONDS` pass."""
+    interval = (interval_ms or TRICKLE_INTERVAL_MS) / MS
+    gone = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        async with asyncio.timeout(HANG_MAX_SECONDS):
+            for index in range(len(data)):
+                if gone.done():
+                    return
+                chunk = data[index : index + 1]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        pass
+    finally:
+        gone.cancel()
+
+
+async def _send_slowly(
+    send: Send, receive: Receive, reply: Reply, *, fault: Fault, interval_ms: int
+) -> None:
+    """A non-streamed answer whose body stalls half-way (``stall``) or crawls (``trickle``)."""
+    headers = [(b"content-type", reply.content_type.encode())]
+    headers += [(k.encode(), v.encode()) for k, v in reply.headers]
+    headers.append((b"content-length", str(len(reply.body)).encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    if fault == Fault.TRICKLE:
+        await _trickle(send, receive, reply.body, interval_ms)
+    else:
+        half = reply.body[: len(reply.body) // 2]
+        await send({"type": "http.response.body", "body": half, "more_body": True})
+        await _wait_for_disconnect(receive)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _send_reply(send: Send, reply: Reply) -> None:

@@ -32,6 +32,8 @@ class Fault(StrEnum):
     TRUNCATED_SSE = "truncated_sse"  # some deltas, then a clean end without the terminal event
     NO_USAGE = "no_usage"  # a complete stream that never reports usage
     TIMEOUT = "timeout"  # accept the request and never answer
+    STALL = "stall"  # start the answer (head, some deltas or half the body), then go silent
+    TRICKLE = "trickle"  # start the answer, then one byte at a time, never finishing a line
 
 
 # Faults that answer with an HTTP error before any body.
@@ -53,6 +55,9 @@ HTTP_ERROR_FAULTS = frozenset(
 MIDSTREAM_FAULTS = frozenset(
     {Fault.MIDSTREAM_DROP, Fault.MIDSTREAM_ERROR, Fault.INVALID_JSON, Fault.TRUNCATED_SSE}
 )
+# Faults that start an answer and then hold the connection without finishing it (a hung or
+# crawling upstream): only the caller's timeouts end them.
+SLOW_FAULTS = frozenset({Fault.STALL, Fault.TRICKLE})
 
 FAULT_HEADER = "x-sandbox-fault"
 LATENCY_HEADER = "x-sandbox-latency-ms"
