@@ -8,8 +8,9 @@
    rows, ~2% errors, log-normal latencies. ``--reuse`` keeps an existing database and its rows.
 3. Runs the rollup job from scratch (``rollups_rebuild``) and reports time and rows/s, then the
    incremental cost of one minute of heavy traffic (10,000 new rows).
-4. Times GET /dashboard/?range=30d (and the other ranges) with Django's test Client, logged in as
-   the owner, and prints p50/p95.
+4. Times GET /dashboard/ for every range the page offers (24h by hour, 7d and 30d by day and by
+   hour) with Django's test Client, logged in as the owner, cold (overview cache emptied before
+   each request) and warm, and prints p50/p95 against the 300 ms target.
 
 Settings: the embedded default's settings (``llmwise.settings.dev``) with DEBUG off, PostgreSQL
 from DATABASE_URL (default below); no Redis needed.
@@ -43,6 +44,14 @@ OWNER_EMAIL = "bench-owner@example.com"
 BENCH_PASSWORD = "bench-password-1234"  # noqa: S105 - a throwaway local database
 DAYS = 30
 TARGET_MS = 300.0
+# Every view the Overview's range selector offers (label, query string).
+VIEWS = [
+    ("24h by hour", "range=24h&granularity=hour"),
+    ("7d by day", "range=7d&granularity=day"),
+    ("7d by hour", "range=7d&granularity=hour"),
+    ("30d by day", "range=30d&granularity=day"),
+    ("30d by hour", "range=30d&granularity=hour"),
+]
 # (model id, share of traffic, median latency ms); ids from the seeded catalog.
 MODELS = [
     ("gpt-4o-mini", 0.35, 700),
@@ -221,7 +230,7 @@ def main() -> None:
     from django.db import connection
     from django.test import Client
 
-    from apps.gateway.models import RequestLog, UsageRollup
+    from apps.gateway.models import RequestLog, UsageBreakdownRollup, UsageRollup
     from apps.gateway.rollups import rollups_rebuild, rollups_update
 
     existing = RequestLog.objects.filter(organization=org).count()
@@ -247,11 +256,15 @@ def main() -> None:
     took = time.perf_counter() - started
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {UsageRollup._meta.db_table}")
+        cursor.execute(f"ANALYZE {UsageBreakdownRollup._meta.db_table}")
     rollup_rows = UsageRollup.objects.count()
+    breakdown_rows = UsageBreakdownRollup.objects.count()
     print(
         f"rollup from scratch: {folded:,} rows in {took:.1f} s = {folded / took:,.0f} rows/s "
-        f"→ {rollup_rows:,} rollup rows "
-        f"({UsageRollup.objects.filter(granularity='day').count():,} daily)"
+        f"→ {rollup_rows:,} full rollup rows "
+        f"({UsageRollup.objects.filter(granularity='day').count():,} daily), "
+        f"{breakdown_rows:,} breakdown rows "
+        f"({UsageBreakdownRollup.objects.filter(granularity='day').count():,} daily)"
     )
 
     minute = 10_000
@@ -265,12 +278,7 @@ def main() -> None:
     client.force_login(owner)
     print(f"GET /dashboard/ as the owner, {args.requests} requests each (after 2 warm-ups):")
     results = {}
-    for label, query in (
-        ("30d by day", "range=30d"),
-        ("7d by day", "range=7d"),
-        ("7d by hour", "range=7d&granularity=hour"),
-        ("24h by hour", "range=24h"),
-    ):
+    for label, query in VIEWS:
         for cold in (True, False):
             p50, p95, size = _time_view(client, f"/dashboard/?{query}", args.requests, cold=cold)
             results[label, cold] = (p50, p95)
@@ -279,9 +287,11 @@ def main() -> None:
                 f"  {label:<12} {state}  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
                 f"({size / 1024:.0f} KiB)"
             )
-    p50, p95 = results["30d by day", True]
-    verdict = "meets" if p95 < TARGET_MS else "MISSES"
-    print(f"30d overview, cold: p95 {p95:.1f} ms {verdict} the {TARGET_MS:.0f} ms target")
+    worst = max(p95 for (_label, cold), (_p50, p95) in results.items() if cold)
+    verdict = "meets" if worst < TARGET_MS else "MISSES"
+    print(
+        f"slowest cold p95 over every view: {worst:.1f} ms {verdict} the {TARGET_MS:.0f} ms target"
+    )
 
 
 if __name__ == "__main__":

@@ -54,30 +54,69 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _frontier_cost(log: RequestLog, frontier: CatalogModel | None) -> int:
+    if frontier is None:
+        return 0
+    cached_price = frontier.cached_input_price_micros_per_mtok
+    if cached_price is None:
+        cached_price = frontier.input_price_micros_per_mtok
+    return _ceil_div(
+        (log.prompt_tokens - log.cached_tokens) * frontier.input_price_micros_per_mtok
+        + log.cached_tokens * cached_price
+        + log.completion_tokens * frontier.output_price_micros_per_mtok,
+        1_000_000,
+    )
+
+
+def _category(log: RequestLog) -> str:
+    # The logged column wins; rows logged before it existed carry the category in the route.
+    if log.category:
+        return log.category[:40]
+    return log.route.get("category", "") if isinstance(log.route, dict) else ""
+
+
+def _is_auto(log: RequestLog) -> bool:
+    route = log.route if isinstance(log.route, dict) else {}
+    return log.requested_model == "auto" or route.get("requested") == "auto"
+
+
+def _buckets(log: RequestLog) -> tuple[tuple[str, datetime], tuple[str, datetime]]:
+    created = log.created_at.astimezone(UTC)
+    hour = datetime(created.year, created.month, created.day, created.hour, tzinfo=UTC)
+    day = datetime(created.year, created.month, created.day, tzinfo=UTC)
+    return ("hour", hour), ("day", day)
+
+
+def _add(sums: dict[str, Any], log: RequestLog, *, auto: bool, frontier_cost: int) -> None:
+    sums["requests"] += 1
+    sums["errors"] += log.status == RequestLog.Status.ERROR
+    sums["prompt_tokens"] += log.prompt_tokens
+    sums["completion_tokens"] += log.completion_tokens
+    sums["cached_tokens"] += log.cached_tokens
+    sums["reasoning_tokens"] += log.reasoning_tokens
+    sums["cost_micros"] += log.cost_micros
+    sums["charged_micros"] += 0 if log.byok else log.cost_micros
+    sums["latency_ms_sum"] += log.latency_ms
+    sums["upstream_ms_sum"] += log.upstream_ms
+    sums["estimated_usage"] += log.usage_estimated
+    sums["auto_requests"] += auto
+    sums["auto_cost_micros"] += log.cost_micros if auto else 0
+    sums["frontier_cost_micros"] += frontier_cost if auto else 0
+    sums["latencies"].append(log.latency_ms)
+
+
+def _sums() -> defaultdict[tuple[Any, ...], dict[str, Any]]:
+    return defaultdict(lambda: defaultdict(int, latencies=[]))  # type: ignore[arg-type]
+
+
 def expected_rollups(frontier: CatalogModel | None) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The rollups recomputed straight from every RequestLog row, independently of the service:
     {(org id, granularity, bucket start, model, provider, key id, category, byok): sums}."""
-    out: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(
-        lambda: defaultdict(int, latencies=[])  # type: ignore[arg-type]
-    )
+    out = _sums()
     for log in RequestLog.objects.order_by("id"):
-        created = log.created_at.astimezone(UTC)
-        hour = datetime(created.year, created.month, created.day, created.hour, tzinfo=UTC)
-        day = datetime(created.year, created.month, created.day, tzinfo=UTC)
-        category = log.route.get("category", "") if isinstance(log.route, dict) else ""
-        auto = log.requested_model == "auto" or log.route.get("requested") == "auto"
-        frontier_cost = 0
-        if auto and frontier is not None:
-            cached_price = frontier.cached_input_price_micros_per_mtok
-            if cached_price is None:
-                cached_price = frontier.input_price_micros_per_mtok
-            frontier_cost = _ceil_div(
-                (log.prompt_tokens - log.cached_tokens) * frontier.input_price_micros_per_mtok
-                + log.cached_tokens * cached_price
-                + log.completion_tokens * frontier.output_price_micros_per_mtok,
-                1_000_000,
-            )
-        for granularity, start in (("hour", hour), ("day", day)):
+        auto = _is_auto(log)
+        frontier_cost = _frontier_cost(log, frontier) if auto else 0
+        for granularity, start in _buckets(log):
             key = (
                 log.organization_id,
                 granularity,
@@ -85,23 +124,28 @@ def expected_rollups(frontier: CatalogModel | None) -> dict[tuple[Any, ...], dic
                 log.model,
                 log.provider,
                 log.api_key_id,
-                category,
+                _category(log),
                 log.byok,
             )
-            sums = out[key]
-            sums["requests"] += 1
-            sums["errors"] += log.status == RequestLog.Status.ERROR
-            sums["prompt_tokens"] += log.prompt_tokens
-            sums["completion_tokens"] += log.completion_tokens
-            sums["cached_tokens"] += log.cached_tokens
-            sums["reasoning_tokens"] += log.reasoning_tokens
-            sums["cost_micros"] += log.cost_micros
-            sums["charged_micros"] += 0 if log.byok else log.cost_micros
-            sums["latency_ms_sum"] += log.latency_ms
-            sums["upstream_ms_sum"] += log.upstream_ms
-            sums["estimated_usage"] += log.usage_estimated
-            sums["auto_requests"] += auto
-            sums["auto_cost_micros"] += log.cost_micros if auto else 0
-            sums["frontier_cost_micros"] += frontier_cost
-            sums["latencies"].append(log.latency_ms)
+            _add(out[key], log, auto=auto, frontier_cost=frontier_cost)
+    return {key: dict(value) for key, value in out.items()}
+
+
+def expected_breakdowns(frontier: CatalogModel | None) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The Overview's breakdown rollups recomputed straight from every RequestLog row:
+    {(org id, granularity, bucket start, dimension, model, provider, key id, category): sums},
+    one "total" row per bucket and one row per model, API key and category seen in it."""
+    out = _sums()
+    for log in RequestLog.objects.order_by("id"):
+        auto = _is_auto(log)
+        frontier_cost = _frontier_cost(log, frontier) if auto else 0
+        for granularity, start in _buckets(log):
+            base = (log.organization_id, granularity, start)
+            for key in (
+                (*base, "total", "", "", None, ""),
+                (*base, "model", log.model, log.provider, None, ""),
+                (*base, "key", "", "", log.api_key_id, ""),
+                (*base, "category", "", "", None, _category(log)),
+            ):
+                _add(out[key], log, auto=auto, frontier_cost=frontier_cost)
     return {key: dict(value) for key, value in out.items()}

@@ -94,3 +94,16 @@ class OrganizationSettingsForm(forms.Form):
         help_text='Comma-separated model ids tried in order when a request says "mesh": true. '
         "Empty: other models of the same tier.",
     )
+    low_balance_alert_usd = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.01"),
+        max_digits=12,
+        decimal_places=2,
+        label="Low-balance alert (USD)",
+        help_text="Email owners and admins when available credit falls below this. "
+        "Empty: no alert.",
+    )
+
+    def low_balance_alert_micros(self) -> int | None:
+        value: Decimal | None = self.cleaned_data.get("low_balance_alert_usd")
+        return int(value * MICROS_PER_USD) if value is not None else None

@@ -1,7 +1,8 @@
-"""Analytics reads for the Overview page: every number comes from :class:`UsageRollup`.
+"""Analytics reads for the Overview page: every number comes from :class:`UsageBreakdownRollup`.
 
-Never the raw request log: a page costs a few indexed range reads over the rollups of one
-organization, whatever the size of its log. Organization first, always.
+Never the raw request log: a page costs a few indexed range reads over the narrow rollups of one
+organization (a total per bucket, and per bucket one row per model, API key and task category),
+whatever the size of its log. Organization first, always.
 
 Windows are whole UTC buckets ending with the current one: "24h" is the last 24 hour buckets,
 "7d" the last 7 day buckets (or 168 hour buckets), "30d" the last 30 day buckets, the current
@@ -15,21 +16,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from django.core.cache import cache
-from django.db.models import QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey, Organization
 from apps.wallet.selectors import wallet_summary
 
-from .models import RollupCursor, UsageRollup
+from .models import RollupCursor, UsageBreakdownRollup, UsageRollup
 from .rollups import COUNTERS, CURSOR_NAME, frontier_model, latency_percentile
 
 HOUR, DAY = UsageRollup.Granularity.HOUR.value, UsageRollup.Granularity.DAY.value
+Dimension = UsageBreakdownRollup.Dimension
 RANGES: dict[str, tuple[int, tuple[str, ...]]] = {
     # range → (length in hours, granularities allowed; the first is the default)
     "24h": (24, (HOUR,)),
     "7d": (7 * 24, (DAY, HOUR)),
-    "30d": (30 * 24, (DAY,)),
+    "30d": (30 * 24, (DAY, HOUR)),
 }
 DEFAULT_RANGE = "7d"
 BURN_RATE_DAYS = 7  # burn rate = average daily charged spend over this many days
@@ -83,10 +85,15 @@ class _Sums:
         # every key of every row would double the cost of the merge.
         self.histogram: dict[str, int] = {}
 
-    def add_counters(self, row: dict[str, Any]) -> None:
+    def add_counter_values(self, counters: list[int]) -> None:
+        """Add one row's counters, given in the order of ``COUNTERS``."""
         values = self.values
-        for name in COUNTERS:
-            values[name] += row[_SUM_PREFIX + name] or 0
+        for name, value in zip(COUNTERS, counters, strict=True):
+            values[name] += value
+
+    def add(self, other: _Sums) -> None:
+        self.add_counter_values([other.values[name] for name in COUNTERS])
+        self.add_histogram(other.histogram)
 
     def add_histogram(self, histogram: dict[str, int]) -> None:
         merged = self.histogram
@@ -113,7 +120,6 @@ class _Sums:
 
 
 _K = TypeVar("_K")
-_SUM_PREFIX = "sum_"  # annotations may not reuse the names of the model's fields
 
 
 def _round(value: float | None) -> int | None:
@@ -161,18 +167,46 @@ class UsageOverview:
         return bool(self.totals["requests"])
 
 
-def _rollups(*, org: Organization, window: AnalyticsWindow) -> QuerySet[UsageRollup]:
-    return UsageRollup.objects.filter(
-        organization=org,
+def _spans(window: AnalyticsWindow) -> list[tuple[str, datetime, datetime]]:
+    """(granularity, start, end) ranges of rollup buckets that together cover exactly the window,
+    coarsest first: the whole UTC days inside an hourly window come from day rows (a day row is
+    the sum of its 24 hour rows: the job writes both from the same log rows in one transaction),
+    only the partial days at its edges from hour rows."""
+    if window.granularity == DAY:
+        return [(DAY, window.start, window.end)]
+    first_day = window.start.replace(hour=0)
+    if first_day < window.start:
+        first_day += timedelta(days=1)
+    last_day = window.end.replace(hour=0)
+    if first_day >= last_day:
+        return [(HOUR, window.start, window.end)]
+    spans = [(DAY, first_day, last_day)]
+    if window.start < first_day:
+        spans.append((HOUR, window.start, first_day))
+    if last_day < window.end:
+        spans.append((HOUR, last_day, window.end))
+    return spans
+
+
+def _breakdown_rows(*, org: Organization, window: AnalyticsWindow) -> QuerySet[Any]:
+    """The rows one Overview reads: the window's total per bucket (its series) and, for the
+    tables over the whole window, the model, key and category rows of :func:`_spans`."""
+    condition = Q(
         granularity=window.granularity,
+        dimension=Dimension.TOTAL,
         bucket_start__gte=window.start,
         bucket_start__lt=window.end,
     )
-
-
-def _grouped_sums(rollups: QuerySet[UsageRollup], *by: str) -> list[dict[str, Any]]:
-    sums = {_SUM_PREFIX + name: Sum(name) for name in COUNTERS}
-    return list(rollups.values(*by).annotate(**sums).order_by())
+    for granularity, start, end in _spans(window):
+        condition |= Q(
+            granularity=granularity,
+            dimension__in=(Dimension.MODEL, Dimension.KEY, Dimension.CATEGORY),
+            bucket_start__gte=start,
+            bucket_start__lt=end,
+        )
+    return UsageBreakdownRollup.objects.filter(condition, organization=org).values_list(
+        *_ROW_FIELDS
+    )
 
 
 def _entry(groups: dict[_K, _Sums], key: _K) -> _Sums:
@@ -206,42 +240,50 @@ def usage_overview(*, org: Organization, window: AnalyticsWindow) -> UsageOvervi
     return overview
 
 
-def _usage_overview(*, org: Organization, window: AnalyticsWindow) -> UsageOverview:
-    """The overview computed from the rollups (see :func:`usage_overview`).
+# What the one read of the breakdown rows returns, in this order.
+_ROW_FIELDS = (
+    "dimension",
+    "bucket_start",
+    "model",
+    "provider",
+    "api_key_id",
+    "category",
+    "latency_histogram",
+    *COUNTERS,
+)
 
-    The counters are summed by the database, one GROUP BY per breakdown over the same index
-    range; only the latency histograms are merged here (percentiles do not add up).
+
+def _usage_overview(*, org: Organization, window: AnalyticsWindow) -> UsageOverview:
+    """The overview computed from the breakdown rollups (see :func:`usage_overview`).
+
+    One read (see :func:`_breakdown_rows`: a month by the hour is ~720 total rows plus ~1,000
+    model, key and category rows), added up here: a single pass over the rows is cheaper than a
+    GROUP BY per breakdown that each reads them again, and the latency histograms have to be
+    merged here anyway (percentiles don't add up).
     """
-    rollups = _rollups(org=org, window=window)
     total = _Sums()
     by_bucket: dict[datetime, _Sums] = {bucket: _Sums() for bucket in window.buckets}
     by_model: dict[tuple[str, str], _Sums] = {}
     by_key: dict[int | None, _Sums] = {}
     by_category: dict[str, _Sums] = {}
-    for row in _grouped_sums(rollups, "bucket_start"):
-        _entry(by_bucket, row["bucket_start"].astimezone(UTC)).add_counters(row)
-        total.add_counters(row)
-    for row in _grouped_sums(rollups, "model", "provider"):
-        by_model[(row["model"], row["provider"])] = sums = _Sums()
-        sums.add_counters(row)
-    for row in _grouped_sums(rollups, "api_key_id"):
-        by_key[row["api_key_id"]] = sums = _Sums()
-        sums.add_counters(row)
-    for row in _grouped_sums(rollups, "category"):
-        by_category[row["category"]] = sums = _Sums()
-        sums.add_counters(row)
-    histograms = rollups.values_list(
-        "bucket_start", "model", "provider", "category", "latency_histogram"
-    )
-    # A rollup run may add rows between these reads: such a row's counters are in the next
-    # page view, and its histogram lands in a fresh entry (setdefault) rather than failing.
-    for bucket_start, model, provider, category, histogram in histograms:
+    rows = _breakdown_rows(org=org, window=window)
+    for dimension, bucket_start, model, provider, key_id, category, histogram, *counters in rows:
+        if dimension == Dimension.TOTAL:
+            sums = _entry(by_bucket, bucket_start.astimezone(UTC))
+        elif dimension == Dimension.MODEL:
+            sums = _entry(by_model, (model, provider))
+        elif dimension == Dimension.CATEGORY:
+            sums = _entry(by_category, category)
+        elif dimension == Dimension.KEY:
+            _entry(by_key, key_id).add_counter_values(counters)
+            continue  # the key table shows no percentiles: skip the histogram merge
+        else:  # a dimension this code does not know: not ours to show
+            continue
+        sums.add_counter_values(counters)
         if histogram:
-            _entry(by_bucket, bucket_start.astimezone(UTC)).add_histogram(histogram)
-            _entry(by_model, (model, provider)).add_histogram(histogram)
-            _entry(by_category, category).add_histogram(histogram)
+            sums.add_histogram(histogram)
     for sums in by_bucket.values():
-        total.add_histogram(sums.histogram)
+        total.add(sums)
 
     series = [{"bucket": bucket, **sums.stats()} for bucket, sums in sorted(by_bucket.items())]
     models = sorted(
@@ -251,19 +293,19 @@ def _usage_overview(*, org: Organization, window: AnalyticsWindow) -> UsageOverv
         ),
         key=lambda r: (-r["cost_micros"], -r["requests"], r["model"]),
     )
-    key_names = dict(
-        ApiKey.objects.filter(organization=org, id__in=[k for k in by_key if k is not None])
-        .values_list("id", "name")
-    )  # fmt: skip
-    key_prefixes = dict(
-        ApiKey.objects.filter(organization=org, id__in=list(key_names)).values_list("id", "prefix")
-    )
+    key_ids = [k for k in by_key if k is not None]
+    key_labels = {
+        key_id: (name, prefix)
+        for key_id, name, prefix in ApiKey.objects.filter(
+            organization=org, id__in=key_ids
+        ).values_list("id", "name", "prefix")
+    }
     keys = sorted(
         (
             {
                 "api_key_id": key_id,
-                "name": _key_label(key_id, key_names),
-                "prefix": key_prefixes.get(key_id, "") if key_id is not None else "",
+                "name": _key_label(key_id, key_labels),
+                "prefix": key_labels.get(key_id, ("", ""))[1] if key_id is not None else "",
                 **sums.stats(),
             }
             for key_id, sums in by_key.items()
@@ -287,10 +329,11 @@ def _usage_overview(*, org: Organization, window: AnalyticsWindow) -> UsageOverv
     return UsageOverview(window, total.stats(), series, models, keys, categories, savings)
 
 
-def _key_label(key_id: int | None, names: dict[int, str]) -> str:
+def _key_label(key_id: int | None, labels: dict[int, tuple[str, str]]) -> str:
     if key_id is None:
         return "No API key (dashboard)"
-    return names.get(key_id, f"Deleted key #{key_id}")
+    label = labels.get(key_id)
+    return label[0] if label is not None else f"Deleted key #{key_id}"
 
 
 def burn_rate(*, org: Organization, now: datetime | None = None) -> BurnRate:
@@ -298,8 +341,8 @@ def burn_rate(*, org: Organization, now: datetime | None = None) -> BurnRate:
     summary = wallet_summary(org=org)
     since = (now or timezone.now()) - timedelta(days=BURN_RATE_DAYS)
     charged = (
-        UsageRollup.objects.filter(
-            organization=org, granularity=HOUR, bucket_start__gte=since
+        UsageBreakdownRollup.objects.filter(
+            organization=org, granularity=HOUR, dimension=Dimension.TOTAL, bucket_start__gte=since
         ).aggregate(total=Sum("charged_micros"))["total"]
         or 0
     )

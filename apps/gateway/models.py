@@ -302,33 +302,17 @@ LATENCY_BUCKETS_PER_DOUBLING = 4
 LATENCY_BUCKET_COUNT = 20 * LATENCY_BUCKETS_PER_DOUBLING + 2
 
 
-class UsageRollup(models.Model):
-    """Aggregated request-log metrics for one organization, time bucket and dimension tuple.
+class RollupGranularity(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
 
-    Written only by :func:`apps.gateway.rollups.rollups_update` (incrementally, in request-log id
-    order) and read by :mod:`apps.gateway.analytics`, so no page ever scans the raw log. Each log
-    row counts once in its hour bucket and once in its day bucket (UTC).
+
+class RollupMeasures(models.Model):
+    """The additive measures every rollup row carries (summed over the log rows it covers).
 
     ``latency_histogram`` is sparse: ``{"<bucket index>": count}`` over the buckets described by
     ``LATENCY_BUCKET_COUNT``; only non-empty buckets are stored.
     """
-
-    class Granularity(models.TextChoices):
-        HOUR = "hour", "Hour"
-        DAY = "day", "Day"
-
-    organization = models.ForeignKey(
-        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_rollups"
-    )
-    bucket_start = models.DateTimeField()
-    granularity = models.CharField(max_length=4, choices=Granularity.choices)
-    model = models.CharField(max_length=MODEL_ID_MAX_LENGTH, blank=True)
-    provider = models.CharField(max_length=20, blank=True)
-    # A plain id rather than a foreign key: history outlives keys, and the rollup must never
-    # make deleting a key (or the hot path's inserts) wait on it. Null: no key (e.g. playground).
-    api_key_id = models.BigIntegerField(null=True, blank=True)
-    category = models.CharField(max_length=40, blank=True)
-    byok = models.BooleanField(default=False)
 
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
@@ -347,6 +331,34 @@ class UsageRollup(models.Model):
     auto_requests = models.BigIntegerField(default=0)
     auto_cost_micros = models.BigIntegerField(default=0)
     frontier_cost_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class UsageRollup(RollupMeasures):
+    """Aggregated request-log metrics for one organization, time bucket and dimension tuple.
+
+    Written only by :func:`apps.gateway.rollups.rollups_update` (incrementally, in request-log id
+    order). Each log row counts once in its hour bucket and once in its day bucket (UTC). The
+    full tuple serves slicing across dimensions (the optimizer's per-model and per-key reads);
+    the Overview page reads the narrower :class:`UsageBreakdownRollup` instead.
+    """
+
+    Granularity = RollupGranularity
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_rollups"
+    )
+    bucket_start = models.DateTimeField()
+    granularity = models.CharField(max_length=4, choices=Granularity.choices)
+    model = models.CharField(max_length=MODEL_ID_MAX_LENGTH, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    # A plain id rather than a foreign key: history outlives keys, and the rollup must never
+    # make deleting a key (or the hot path's inserts) wait on it. Null: no key (e.g. playground).
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    category = models.CharField(max_length=40, blank=True)
+    byok = models.BooleanField(default=False)
 
     class Meta:
         # NULL is distinct from NULL in a plain unique constraint, so the tuple is unique through
@@ -389,6 +401,80 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id} {self.granularity} {self.bucket_start:%Y-%m-%d %H:%M}"
+
+
+class UsageBreakdownRollup(RollupMeasures):
+    """The Overview's narrow rollups: per organization and time bucket, the totals and the
+    totals per model, per API key and per task category — one ``dimension`` per row.
+
+    The same log rows as :class:`UsageRollup`, projected onto one dimension at a time, and
+    written by the same job in the same transaction. A bucket of an organization holds one
+    ``total`` row plus one row per model, key and category seen, so a week by the hour is a few
+    thousand rows where the full tuple is tens of thousands: the page's cost stays flat.
+    Only the columns of the row's dimension are set; the others stay empty.
+    """
+
+    Granularity = RollupGranularity
+
+    class Dimension(models.TextChoices):
+        TOTAL = "total", "Total"
+        MODEL = "model", "Model"
+        KEY = "key", "API key"
+        CATEGORY = "category", "Task category"
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="usage_breakdowns"
+    )
+    granularity = models.CharField(max_length=4, choices=Granularity.choices)
+    bucket_start = models.DateTimeField()
+    dimension = models.CharField(max_length=8, choices=Dimension.choices)
+    model = models.CharField(max_length=MODEL_ID_MAX_LENGTH, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    api_key_id = models.BigIntegerField(null=True, blank=True)  # key rows: null = no key
+    category = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        constraints = (
+            models.UniqueConstraint(
+                fields=[
+                    "organization",
+                    "granularity",
+                    "dimension",
+                    "bucket_start",
+                    "model",
+                    "provider",
+                    "api_key_id",
+                    "category",
+                ],
+                condition=models.Q(api_key_id__isnull=False),
+                name="usage_breakdown_unique_with_key",
+            ),
+            models.UniqueConstraint(
+                fields=[
+                    "organization",
+                    "granularity",
+                    "dimension",
+                    "bucket_start",
+                    "model",
+                    "provider",
+                    "category",
+                ],
+                condition=models.Q(api_key_id__isnull=True),
+                name="usage_breakdown_unique_without_key",
+            ),
+        )
+        indexes = (
+            models.Index(
+                fields=["organization", "granularity", "dimension", "bucket_start"],
+                name="usage_breakdown_org_range",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"{self.organization_id} {self.granularity} {self.dimension} "
+            f"{self.bucket_start:%Y-%m-%d %H:%M}"
+        )
 
 
 class RollupCursor(models.Model):

@@ -2,10 +2,12 @@
 
 :func:`rollups_update` reads the request-log rows added since :class:`RollupCursor` (in id order,
 in bounded batches, with plain indexed range reads: the hot path's inserts never wait on it),
-adds them up in Python, then writes the sums into :class:`UsageRollup` and moves the cursor in
-the same transaction. The cursor row is locked for the batch (``FOR UPDATE SKIP LOCKED``), so two
-workers running the job at once never count a row twice: the second one simply finds nothing to
-do. The analytics selectors (:mod:`apps.gateway.analytics`) read only the rollups.
+adds them up in Python, then writes the sums into :class:`UsageRollup` (the full dimension tuple)
+and :class:`UsageBreakdownRollup` (the same sums per model, key and category, and in total: what
+the Overview reads) and moves the cursor in the same transaction. The cursor row is locked for
+the batch (``FOR UPDATE SKIP LOCKED``), so two workers running the job at once never count a row
+twice: the second one simply finds nothing to do. The analytics selectors
+(:mod:`apps.gateway.analytics`) read only the rollups.
 
 Why the newest seconds wait: ids come from a sequence when a row is inserted, but rows become
 visible when their transaction commits, which can be in a different order. If the job read id
@@ -22,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -37,6 +39,7 @@ from .models import (
     RequestLog,
     RollupCursor,
     Tier,
+    UsageBreakdownRollup,
     UsageRollup,
 )
 from .pricing import cost_micros
@@ -97,7 +100,20 @@ LOG_FIELDS: tuple[str, ...] = (
     "created_at",
 )
 
+BREAKDOWN_DIMENSIONS: tuple[str, ...] = (
+    "organization_id",
+    "granularity",
+    "bucket_start",
+    "dimension",
+    "model",
+    "provider",
+    "api_key_id",
+    "category",
+)
+
 DimensionKey = tuple[int, str, datetime, str, str, int | None, str, bool]
+BreakdownKey = tuple[int, str, datetime, str, str, str, int | None, str]
+Dimension = UsageBreakdownRollup.Dimension
 
 
 # --- latency histogram ------------------------------------------------------------------------
@@ -258,73 +274,106 @@ def _aggregate(
     return totals
 
 
+def _breakdowns(totals: Mapping[DimensionKey, _Totals]) -> dict[BreakdownKey, _Totals]:
+    """Project full-tuple sums onto each breakdown dimension (and the bucket's total)."""
+    out: dict[BreakdownKey, _Totals] = defaultdict(_Totals)
+    for key, entry in totals.items():
+        org_id, granularity, start, model, provider, api_key_id, category, _byok = key
+        for breakdown in (
+            (org_id, granularity, start, Dimension.TOTAL.value, "", "", None, ""),
+            (org_id, granularity, start, Dimension.MODEL.value, model, provider, None, ""),
+            (org_id, granularity, start, Dimension.KEY.value, "", "", api_key_id, ""),
+            (org_id, granularity, start, Dimension.CATEGORY.value, "", "", None, category),
+        ):
+            target = out[breakdown]
+            target.counters = [a + b for a, b in zip(target.counters, entry.counters, strict=True)]
+            histogram_merge(target.histogram, entry.histogram)
+    return out
+
+
 def _histogram_json(histogram: Mapping[int, int]) -> dict[str, int]:
     return {str(index): count for index, count in sorted(histogram.items())}
 
 
-def _apply(totals: Mapping[DimensionKey, _Totals]) -> None:
-    """Add ``totals`` into the rollup rows (creating the missing ones). Runs under the cursor lock:
-    the histogram merge is a read-modify-write that no other writer can interleave with, and no
-    one else inserts a row of the same tuple (the unique constraints would refuse it anyway);
-    the counters are incremented in SQL, so they stay right even without the lock."""
+class _Table:
+    """One rollup table as the writer sees it: its model and the columns naming a row."""
+
+    def __init__(
+        self, model: type[UsageRollup] | type[UsageBreakdownRollup], dimensions: tuple[str, ...]
+    ) -> None:
+        self.model = model
+        self.dimensions = dimensions
+        self._fields = {f.attname: f for f in model._meta.concrete_fields}
+
+    def column(self, attname: str) -> str:
+        return connection.ops.quote_name(str(self._fields[attname].column))
+
+    def prep(self, attname: str, value: Any) -> Any:
+        return self._fields[attname].get_db_prep_save(value, connection)
+
+
+FULL = _Table(UsageRollup, DIMENSIONS)
+BREAKDOWN = _Table(UsageBreakdownRollup, BREAKDOWN_DIMENSIONS)
+
+
+def _apply(table: _Table, totals: Mapping[tuple[Any, ...], _Totals]) -> None:
+    """Add ``totals`` into ``table``'s rows (creating the missing ones). Runs under the cursor
+    lock: the histogram merge is a read-modify-write that no other writer can interleave with,
+    and no one else inserts a row of the same tuple (the unique constraints would refuse it
+    anyway); the counters are incremented in SQL, so they stay right even without the lock."""
     if not totals:
         return
     org_ids = {key[0] for key in totals}
     starts = {key[2] for key in totals}
-    existing: dict[DimensionKey, UsageRollup] = {}
-    for stored in UsageRollup.objects.filter(
+    existing: dict[tuple[Any, ...], Any] = {}
+    for stored in table.model.objects.filter(
         organization_id__in=org_ids, bucket_start__in=starts
-    ).only(*DIMENSIONS, "latency_histogram"):
-        existing[cast(DimensionKey, tuple(getattr(stored, name) for name in DIMENSIONS))] = stored
+    ).only(*table.dimensions, "latency_histogram"):
+        existing[tuple(getattr(stored, name) for name in table.dimensions)] = stored
     to_update: list[tuple[Any, ...]] = []
     to_create: list[tuple[Any, ...]] = []
     for key, entry in totals.items():
         row = existing.get(key)
         if row is None:
+            dimensions = [
+                table.prep(name, value) for name, value in zip(table.dimensions, key, strict=True)
+            ]
             to_create.append(
-                (*_prep_dimensions(key), *entry.counters, _prep_histogram(entry.histogram))
+                (*dimensions, *entry.counters, _prep_histogram(table, entry.histogram))
             )
             continue
         merged: dict[int, int] = {}
         histogram_merge(merged, row.latency_histogram or {})
         histogram_merge(merged, entry.histogram)
-        to_update.append((*entry.counters, _prep_histogram(merged), row.pk))
+        to_update.append((*entry.counters, _prep_histogram(table, merged), row.pk))
     # Plain parameterized statements run with executemany (pipelined by psycopg): the ORM's
     # bulk_update builds a CASE per column whose cost grows with the square of the batch.
-    table = connection.ops.quote_name(UsageRollup._meta.db_table)
+    name = connection.ops.quote_name(table.model._meta.db_table)
     with connection.cursor() as cursor:
         if to_update:
-            increments = ", ".join(f"{_column(name)} = {_column(name)} + %s" for name in COUNTERS)
+            increments = ", ".join(f"{table.column(c)} = {table.column(c)} + %s" for c in COUNTERS)
             cursor.executemany(
-                f"UPDATE {table} SET {increments}, {_column('latency_histogram')} = %s "  # noqa: S608
-                f"WHERE {_column('id')} = %s",
+                f"UPDATE {name} SET {increments}, {table.column('latency_histogram')} = %s "  # noqa: S608
+                f"WHERE {table.column('id')} = %s",
                 to_update,
             )
         if to_create:
-            columns = [*DIMENSIONS, *COUNTERS, "latency_histogram"]
+            columns = [*table.dimensions, *COUNTERS, "latency_histogram"]
             cursor.executemany(
-                f"INSERT INTO {table} ({', '.join(_column(c) for c in columns)}) "  # noqa: S608
+                f"INSERT INTO {name} ({', '.join(table.column(c) for c in columns)}) "  # noqa: S608
                 f"VALUES ({', '.join(['%s'] * len(columns))})",
                 to_create,
             )
 
 
-_FIELDS = {f.attname: f for f in UsageRollup._meta.concrete_fields}
+def _prep_histogram(table: _Table, histogram: Mapping[int, int]) -> Any:
+    return table.prep("latency_histogram", _histogram_json(histogram))
 
 
-def _column(attname: str) -> str:
-    return connection.ops.quote_name(str(_FIELDS[attname].column))
-
-
-def _prep_dimensions(key: DimensionKey) -> list[Any]:
-    return [
-        _FIELDS[name].get_db_prep_save(value, connection)
-        for name, value in zip(DIMENSIONS, key, strict=True)
-    ]
-
-
-def _prep_histogram(histogram: Mapping[int, int]) -> Any:
-    return _FIELDS["latency_histogram"].get_db_prep_save(_histogram_json(histogram), connection)
+def _apply_all(totals: Mapping[DimensionKey, _Totals]) -> None:
+    """Write one batch's sums into both tables (the caller holds the transaction)."""
+    _apply(FULL, totals)
+    _apply(BREAKDOWN, _breakdowns(totals))
 
 
 def _cursor_row() -> None:
@@ -360,7 +409,7 @@ def _batch(*, batch_size: int, frontier: CatalogModel | None) -> tuple[int, bool
                 break
         if not rows:
             return 0, False
-        _apply(_aggregate(rows, frontier=frontier))
+        _apply_all(_aggregate(rows, frontier=frontier))
         cursor.last_id = rows[-1][0]
         cursor.updated_at = timezone.now()
         cursor.save(update_fields=["last_id", "updated_at"])
@@ -403,6 +452,7 @@ def rollups_rebuild(
         with transaction.atomic():
             cursor = RollupCursor.objects.select_for_update().get(name=CURSOR_NAME)
             UsageRollup.objects.all().delete()
+            UsageBreakdownRollup.objects.all().delete()
             cursor.last_id = 0
             cursor.updated_at = timezone.now()
             cursor.save(update_fields=["last_id", "updated_at"])
@@ -411,6 +461,7 @@ def rollups_rebuild(
     with transaction.atomic():
         cursor = RollupCursor.objects.select_for_update().get(name=CURSOR_NAME)
         UsageRollup.objects.filter(organization=org).delete()
+        UsageBreakdownRollup.objects.filter(organization=org).delete()
         after = 0
         while True:
             rows = list(
@@ -420,7 +471,7 @@ def rollups_rebuild(
             )
             if not rows:
                 break
-            _apply(_aggregate(rows, frontier=frontier))
+            _apply_all(_aggregate(rows, frontier=frontier))
             processed += len(rows)
             after = rows[-1][0]
         # The rollups changed under the same cursor position: mark it, so cached pages go stale.

@@ -47,6 +47,10 @@ SANDBOX_ACTIONS: Final = ("break", "restore")
 
 @org_page()
 def playground(request: OrgRequest) -> HttpResponse:
+    if request.GET.get("part") == "runs":  # the Recent runs section, refreshed after a run
+        return render(
+            request, "orchestration/_recent_runs.html", {"runs": selectors.runs_of(org=request.org)}
+        )
     models = list(catalog_list())
     # ?tab=failover opens that tab (links from docs and the routing page); anything else: default.
     mode = request.GET.get("tab", DEFAULT_MODE)

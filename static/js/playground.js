@@ -274,6 +274,15 @@
     running = null;
     runButton.disabled = false;
     stopButton.disabled = true;
+    refreshRuns();
+  }
+
+  // Compare, Blend and Judge runs are recorded: show the new one under "Recent runs".
+  function refreshRuns() {
+    const section = document.getElementById("recent-runs");
+    const mode = form.dataset.mode;
+    if (!section || !window.htmx || mode === "chat" || mode === "failover") return;
+    window.htmx.ajax("GET", section.dataset.refreshUrl, { target: "#recent-runs", swap: "outerHTML" });
   }
 
   function message(mode, id) {

@@ -10,8 +10,9 @@ and providers on the sandbox upstream. Emails land in the locmem outbox.
 3. break a sandbox provider (Failover tab) → the next model answers → the breaker shows open;
 4. a member cannot reach another organization's billing or keys; an admin invites someone who
    signs up and joins;
-plus screenshots of every main page (``test-results/screenshots/``) with an accessibility check:
-every form control has an accessible name. Journey 2 (Compare) is
+plus screenshots of every main page (``test-results/screenshots/``, the Overview with traffic
+and on first login, every playground tab after a run) with accessibility checks: every form
+control has an accessible name, and text has WCAG AA contrast. Journey 2 (Compare) is
 ``test_playground_compare.py``.
 """
 
@@ -24,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -37,14 +39,17 @@ from apps.accounts.models import ApiKey, Organization, Role, User
 from apps.gateway import policy_services
 from apps.gateway.counters import MemoryCounters, counters
 from apps.gateway.models import RequestLog
+from apps.gateway.rollups import rollups_update
 from apps.gateway.routing import health
 from apps.gateway.sandbox import SandboxServer
+from apps.optimizer.services import optimizer_run
 from apps.wallet import services as wallet_services
 from apps.wallet.models import CreditPurchase, Wallet
 from apps.wallet.stripe_sandbox import PathMount, StripeSandbox
 from apps.wallet.templatetags.money import usd
 from tests.factories import PASSWORD, UserFactory, add_member
 from tests.gateway.conftest import FaultControl, faults, sandbox  # noqa: F401 - fixtures
+from tests.optimizer.history import known_history
 from tests.usage_factory import log_row
 from tests.wallet.stripe_server import SECRET_KEY, WEBHOOK_SECRET
 
@@ -81,6 +86,79 @@ UNLABELED_CONTROLS = """
   return Array.from(controls).filter((el) => !named(el)).map(
     (el) => `${el.tagName.toLowerCase()}#${el.id || ""}[name=${el.getAttribute("name") || ""}]`
   );
+}
+"""
+
+
+# Lists visible text whose colour contrast with its (composited) background is below WCAG AA:
+# 4.5:1, or 3:1 for large text (24px, or 18.66px bold). Disabled controls are exempt (WCAG
+# 1.4.3); text over images or gradients is not judged (there is none in the dashboard).
+LOW_CONTRAST = """
+() => {
+  const rgba = (value) => {
+    const m = value.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(",").map((x) => parseFloat(x));
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const over = (top, bottom) => ({
+    r: top.r * top.a + bottom.r * (1 - top.a),
+    g: top.g * top.a + bottom.g * (1 - top.a),
+    b: top.b * top.a + bottom.b * (1 - top.a),
+    a: 1,
+  });
+  const background = (el) => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) {
+        layers.push(c);
+        if (c.a >= 1) break;
+      }
+    }
+    let out = { r: 255, g: 255, b: 255, a: 1 };
+    for (let i = layers.length - 1; i >= 0; i--) out = over(layers[i], out);
+    return out;
+  };
+  const luminance = (c) => {
+    const f = (v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const ratio = (a, b) => {
+    const [hi, lo] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+    return (hi + 0.05) / (lo + 0.05);
+  };
+  const seen = new Set();
+  const failures = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const text = node.textContent.trim();
+    const el = node.parentElement;
+    if (!text || !el || seen.has(el)) continue;
+    seen.add(el);
+    const exempt = "[disabled], :disabled, [aria-disabled=true], .visually-hidden, script, style";
+    if (el.closest(exempt)) continue;
+    const rect = el.getBoundingClientRect();
+    const style = getComputedStyle(el);
+    if (rect.width === 0 || rect.height === 0 || style.visibility === "hidden") continue;
+    if (el.closest("[hidden]") || el.closest(".skip-link")) continue;
+    const color = rgba(style.color);
+    if (!color) continue;
+    const bg = background(el);
+    const fg = over(color, bg);
+    const size = parseFloat(style.fontSize);
+    const bold = parseInt(style.fontWeight, 10) >= 700;
+    const need = size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5;
+    const r = ratio(fg, bg);
+    if (r < need) {
+      const what = `${el.tagName.toLowerCase()}.${el.className} "${text.slice(0, 40)}"`;
+      failures.push(`${what} ${r.toFixed(2)} < ${need}`);
+    }
+  }
+  return failures;
 }
 """
 
@@ -202,6 +280,19 @@ def test_journey_signup_buy_credit_key_sdk_call_and_see_it(live_app: LiveApp, pa
     user = _sign_up_and_verify(page, base, email)
     page.goto(base + "/dashboard/")
     org = Organization.objects.get(memberships__user=user)
+    # First login: the getting-started checklist, with this server's base URL in the snippets.
+    checklist = page.get_by_role("region", name="Getting started")
+    expect(checklist).to_contain_text("Buy credits")
+    expect(page.get_by_test_id("base-url")).to_have_text(base + "/v1")
+    expect(page.locator("#snippet-curl")).to_contain_text(f"curl {base}/v1/chat/completions")
+    expect(page.locator("#usage-empty")).to_contain_text("No requests in this range yet")
+    _shot(page, "overview-first-login")
+    # The Copy button puts the snippet on the clipboard and says so.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    checklist.get_by_role("button", name="Copy").first.click()
+    expect(checklist.get_by_role("status")).to_have_text("Copied to the clipboard.")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith(f"curl {base}/v1/chat/completions")
 
     # Buy $25 of credit on the (fake) Stripe checkout (on top of the signup's trial grant).
     _sidebar(page).get_by_role("link", name="Billing").click()
@@ -223,6 +314,11 @@ def test_journey_signup_buy_credit_key_sdk_call_and_see_it(live_app: LiveApp, pa
     secret = page.get_by_test_id("new-secret").input_value()
     _shot(page, "keys-created")
 
+    # Usage & logs is open (and empty) while the call is made: the request appears live.
+    _sidebar(page).get_by_role("link", name="Usage & logs").click()
+    expect(page.get_by_role("heading", name="No requests yet")).to_be_visible()
+    page.evaluate("window.__notReloaded = true")
+
     # Call the API with the official OpenAI SDK, pointed at this server.
     client = OpenAI(base_url=base + "/v1", api_key=secret, max_retries=0, timeout=20)
     raw = client.chat.completions.with_raw_response.create(
@@ -237,10 +333,11 @@ def test_journey_signup_buy_credit_key_sdk_call_and_see_it(live_app: LiveApp, pa
     assert log.cost_micros > 0
     assert log.api_key == ApiKey.objects.get(organization=org, name="SDK key")
 
-    # The request is in Usage & logs with its cost, and its detail page has the same figures.
-    _sidebar(page).get_by_role("link", name="Usage & logs").click()
+    # The request shows up in Usage & logs without a reload, with its cost; its detail page has
+    # the same figures.
     row = page.locator(f'tr[data-request-id="{request_id}"]')
-    expect(row).to_be_visible()
+    expect(row).to_be_visible(timeout=15_000)
+    assert page.evaluate("window.__notReloaded") is True
     expect(row).to_contain_text(PRIMARY)
     expect(row).to_contain_text("SDK key")
     expect(row).to_contain_text(usd(log.cost_micros))
@@ -471,6 +568,49 @@ def test_journey_member_walls_and_an_invited_member_joins(
 
 
 # --- screenshots and accessible names ---------------------------------------------------------
+def _traffic_for_screens(org: Organization, key: ApiKey, other: ApiKey) -> list[RequestLog]:
+    """A week of varied traffic (models, keys, categories, auto-routing, errors, BYOK)."""
+    logs = []
+    categories = ["code", "summarization", "qa", "extraction"]
+    for i in range(60):
+        auto = i % 3 == 0
+        model, provider = [
+            (PRIMARY, "openai"),
+            (SECOND, "anthropic"),
+            (THIRD, "gemini"),
+            ("gpt-4.1", "openai"),
+        ][i % 4]
+        logs.append(
+            log_row(
+                org,
+                api_key=key if i % 5 else other,
+                ago=timedelta(hours=1 + (i * 37) % (7 * 24), minutes=i),
+                model=model,
+                provider=provider,
+                requested_model="auto" if auto else model,
+                route={"requested": "auto" if auto else model, "chosen": model}
+                | ({"category": categories[i % 4]} if auto else {}),
+                status=RequestLog.Status.ERROR if i % 17 == 0 else RequestLog.Status.OK,
+                http_status=502 if i % 17 == 0 else 200,
+                byok=provider == "anthropic" and i % 2 == 0,
+                prompt_tokens=200 + 31 * i,
+                completion_tokens=80 + 11 * i,
+                cost_micros=900 + 250 * i,
+                latency_ms=300 + (i * 97) % 2500,
+            )
+        )
+    return logs
+
+
+def _check_page(page: Page, name: str, problems: dict[str, list[str]]) -> None:
+    """Screenshot ``page`` as ``name`` and note unnamed controls and low-contrast text."""
+    _shot(page, name)
+    for check, script in (("unlabeled", UNLABELED_CONTROLS), ("contrast", LOW_CONTRAST)):
+        found = page.evaluate(script)
+        if found:
+            problems[f"{name} {check}"] = found
+
+
 def test_main_pages_screenshots_and_every_control_is_named(live_app: LiveApp, page: Page) -> None:
     owner = UserFactory(email="owner@acme.test")
     org = account_services.organization_create(name="Acme", owner=owner)
@@ -478,7 +618,12 @@ def test_main_pages_screenshots_and_every_control_is_named(live_app: LiveApp, pa
         wallet=wallet_services.wallet_for_org(org=org), amount_micros=FUNDS, note="screens"
     )
     key = account_services.api_key_create(org=org, name="production", created_by=owner).api_key
-    logs = [log_row(org, api_key=key, model=m) for m in (PRIMARY, PRIMARY, SECOND)]
+    batch = account_services.api_key_create(org=org, name="batch-jobs", created_by=owner).api_key
+    logs = _traffic_for_screens(org, key, batch)
+    ApiKey.objects.filter(pk__in=[key.pk, batch.pk]).update(last_used_at=logs[0].created_at)
+    known_history(org, key=key, runaway=batch)  # enough traffic for the optimizer to recommend
+    rollups_update()
+    optimizer_run(org=org)
     policy = policy_services.routing_policy_create(
         org=org, actor=owner, name="cheap", text="default:\n  model: gpt-4o-mini\n"
     )
@@ -486,37 +631,66 @@ def test_main_pages_screenshots_and_every_control_is_named(live_app: LiveApp, pa
 
     pages = {
         "overview": "/dashboard/",
+        "overview-7d-hourly": "/dashboard/?range=7d&granularity=hour",
         "keys": "/dashboard/keys/",
         "usage": "/dashboard/usage/",
-        "usage-detail": f"/dashboard/usage/requests/{logs[0].request_id}/",
+        "usage-detail": f"/dashboard/usage/requests/{logs[1].request_id}/",
         "billing-admin": "/dashboard/billing/",
         "routing": "/dashboard/routing/",
         "policies": "/dashboard/routing/policies/",
         "policy-detail": f"/dashboard/routing/policies/{policy.pk}/",
+        "policy-dry-run": "/dashboard/routing/policies/dry-run/",
         "recommendations": "/dashboard/recommendations/",
         "team-owner": "/dashboard/team/",
         "settings": "/dashboard/settings/",
         "provider-keys": "/dashboard/settings/providers/",
         "audit": "/dashboard/audit/",
     }
-    unlabeled: dict[str, list[str]] = {}
+    problems: dict[str, list[str]] = {}
     for name, path in pages.items():
         response = page.goto(live_app.url + path)
         assert response is not None, path
         assert response.status == 200, (path, response.status)
         page.wait_for_load_state("networkidle")
-        _shot(page, f"page-{name}")
-        missing = page.evaluate(UNLABELED_CONTROLS)
-        if missing:
-            unlabeled[path] = missing
+        if name.startswith("overview"):
+            # The charts drew (Chart.js sizes each canvas) and the tables hold the traffic.
+            for chart in ("chart-requests", "chart-spend", "chart-tokens", "chart-latency"):
+                expect(page.locator(f"#{chart}")).to_have_attribute("width", re.compile(r"^\d+$"))
+            expect(page.locator("#keys-table")).to_contain_text("batch-jobs")
+            expect(page.locator("#categories-table")).to_contain_text("summarization")
+            expect(page.locator('[data-kpi="savings"]')).to_be_visible()
+            expect(page.locator('[data-kpi="days-left"]')).to_be_visible()
+        _check_page(page, f"page-{name}", problems)
 
+    # A dry run with its result.
+    page.goto(live_app.url + "/dashboard/routing/policies/dry-run/")
+    page.get_by_label("Prompt").fill("Write a Python function that reverses a linked list.")
+    page.get_by_label("Policy named in the request").select_option("cheap")
+    page.get_by_role("button", name="Dry run").click()
+    expect(page.locator("#dry-run-chain")).to_contain_text("gpt-4o-mini")
+    _check_page(page, "page-policy-dry-run-result", problems)
+
+    # Every playground tab, after a run: each answer shows its model, tokens, cost and latency.
     page.goto(live_app.url + "/dashboard/playground/")
     expect(page.locator("#playground-status")).to_have_text("Ready.")
+    stats = re.compile(r"^\d+ \+ \d+ tokens · \$\d+\.\d+ · \d+ ms")
     for tab in ("Chat", "Compare", "Blend", "Judge", "Failover"):
         page.get_by_role("tab", name=tab).click()
         expect(page.get_by_role("tabpanel", name=tab)).to_be_visible()
-        _shot(page, f"playground-{tab.lower()}")
-        missing = page.evaluate(UNLABELED_CONTROLS)
-        if missing:
-            unlabeled[f"playground {tab}"] = missing
-    assert unlabeled == {}
+        page.get_by_label("Prompt").fill(f"In one sentence: why test the {tab} tab?")
+        page.get_by_role("button", name="Run").click()
+        expect(page.locator("#playground-status")).to_have_text("Done.", timeout=20_000)
+        cards = page.locator(".result-card")
+        expect(cards.first).to_be_visible()
+        for index in range(cards.count()):
+            card = cards.nth(index)
+            expect(card.locator("header")).not_to_be_empty()
+            expect(card.locator(".result-stats")).to_have_text(stats)
+        if tab == "Blend":
+            expect(page.locator("#final")).to_contain_text("Blended answer")
+        if tab == "Judge":
+            expect(page.locator("#final")).to_contain_text("Judge's ranking")
+        if tab in ("Compare", "Blend", "Judge"):  # the run is listed without a reload
+            expect(page.locator("#recent-runs tbody tr").first).to_contain_text(tab)
+        _check_page(page, f"playground-{tab.lower()}", problems)
+    assert problems == {}

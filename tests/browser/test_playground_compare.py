@@ -75,7 +75,9 @@ def test_member_compares_three_models_side_by_side(full_app_server: str, page: P
     main.get_by_role("button", name="Sign In").click()
     expect(page).to_have_url(re.compile(r"/dashboard/$"))
 
-    page.get_by_role("link", name="Playground").click()
+    page.get_by_role("complementary", name="Dashboard").get_by_role(
+        "link", name="Playground"
+    ).click()
     expect(page.get_by_role("tab", name="Compare")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#playground-status")).to_have_text("Ready.")
     for model in MODELS:

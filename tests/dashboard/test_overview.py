@@ -150,7 +150,8 @@ def test_another_orgs_traffic_never_appears(personas: Personas) -> None:
         ({}, ("7d", "day", 7)),
         ({"range": "24h"}, ("24h", "hour", 24)),
         ({"range": "7d", "granularity": "hour"}, ("7d", "hour", 168)),
-        ({"range": "30d", "granularity": "hour"}, ("30d", "day", 30)),  # too many points
+        ({"range": "30d", "granularity": "hour"}, ("30d", "hour", 720)),
+        ({"range": "30d", "granularity": "minute"}, ("30d", "day", 30)),
         ({"range": "24h", "granularity": "day"}, ("24h", "hour", 24)),
         ({"range": "1y"}, ("7d", "day", 7)),
         ({"range": "<b>", "granularity": "'; drop"}, ("7d", "day", 7)),
@@ -198,3 +199,76 @@ def test_rollups_lag_behind_the_log_not_the_page(personas: Personas) -> None:
     assert sum(_chart_data(client.get(OVERVIEW).content.decode())["requests"]) == 1
     rollups_update()
     assert sum(_chart_data(client.get(OVERVIEW).content.decode())["requests"]) == 2
+
+
+@pytest.mark.parametrize(("params", "rows"), [({"range": "30d", "granularity": "hour"}, 720)])
+def test_the_data_table_has_a_row_per_bucket(
+    personas: Personas, params: dict[str, str], rows: int
+) -> None:
+    for i in range(3):
+        log_row(personas.org, ago=timedelta(hours=2, minutes=i), latency_ms=1500, cost_micros=10**6)
+    rollups_update()
+    html = personas.client(personas.owner).get(OVERVIEW, params).content.decode()
+    table = html[
+        html.index('id="series-table"') : html.index("</table>", html.index("series-table"))
+    ]
+    body = re.findall(r'<tr><th scope="row">([^<]*)</th>((?:<td>[^<]*</td>)+)</tr>', table)
+    assert len(body) == rows
+    cells = [re.findall(r"<td>([^<]*)</td>", cells) for _label, cells in body]
+    assert sum(int(row[0].replace(",", "")) for row in cells) == 3
+    busy = next(row for row in cells if row[0] == "3")
+    assert busy[2] == "$3.00"  # charged, rounded to the cent
+    assert busy[5] != "\N{EN DASH}"  # a p50 where there were requests
+    assert cells[0][5] == "\N{EN DASH}"  # none where there were none
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:00", body[-1][0])
+
+
+def test_getting_started_checklist_until_every_step_is_done(personas: Personas) -> None:
+    from apps.wallet.models import CreditPurchase
+
+    client = personas.client(personas.owner)
+    html = client.get(OVERVIEW).content.decode()
+    section = html[html.index('id="getting-started"') :]
+    for step in ("Verify your email address", "Buy credits", "Create an API key", "first API call"):
+        assert step in section
+    # Copy-paste snippets with this server's base URL (curl and the openai SDK).
+    assert "curl http://testserver/v1/chat/completions" in section
+    assert 'base_url="http://testserver/v1"' in section
+    assert 'data-copy-target="snippet-curl"' in section
+    assert f'href="{reverse("dashboard:billing")}" class="checklist-action"' in section
+
+    # Buy credits (a paid purchase), create a key, call with it: the checklist goes away.
+    CreditPurchase.objects.create(
+        public_id="pur_checklist1",
+        organization=personas.org,
+        wallet=wallet_services.wallet_for_org(org=personas.org),
+        amount_micros=25_000_000,
+        stripe_checkout_session_id="cs_test_checklist1",
+        created_by=personas.owner,
+    )
+    wallet_services.purchase_credit(
+        public_id="pur_checklist1",
+        checkout_session_id="cs_test_checklist1",
+        payment_intent_id="pi_test_checklist1",
+        amount_cents=2500,
+        currency="usd",
+    )
+    steps = dict(client.get(OVERVIEW).context["checklist"])
+    assert steps == {
+        "Verify your email address": True,
+        "Buy credits": True,
+        "Create an API key": False,
+        "Make your first API call": False,
+    }
+    key = _key(personas.org, personas.owner, "backend")
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=key.created_at)
+    log_row(personas.org, api_key=key, ago=timedelta(minutes=30))
+    rollups_update()
+    done = client.get(OVERVIEW)
+    assert done.context["checklist_done"] is True
+    assert 'id="getting-started"' not in done.content.decode()
+    # Another organization's purchase never ticks Globex's box.
+    assert (
+        dict(personas.client(personas.outsider).get(OVERVIEW).context["checklist"])["Buy credits"]
+        is False
+    )

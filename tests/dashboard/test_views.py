@@ -323,3 +323,59 @@ def test_default_failover_chain_in_settings(personas: Personas) -> None:
     assert personas.org.name == "Acme"
     assert OrgGatewaySettings.objects.get(organization=personas.org).default_chain == chain
     assert personas.client(personas.member).post(url, {"name": "x"}).status_code == 403
+
+
+def test_low_balance_alert_in_settings(personas: Personas) -> None:
+    from apps.accounts.models import AuditEvent
+    from apps.wallet.models import Wallet
+    from apps.wallet.services import wallet_for_org
+
+    url = reverse("dashboard:settings")
+    wallet_for_org(org=personas.org)
+    client = personas.client(personas.admin)
+    assert client.post(url, {"name": "Acme", "low_balance_alert_usd": "12.50"}).status_code == 302
+    wallet = Wallet.objects.get(organization=personas.org)
+    assert wallet.low_balance_threshold_micros == 12_500_000
+    assert (
+        AuditEvent.objects.filter(
+            organization=personas.org, action="wallet.low_balance_alert"
+        ).count()
+        == 1
+    )
+    page = client.get(url).content.decode()
+    assert 'name="low_balance_alert_usd" value="12.5"' in page
+    # Saving the other settings again leaves the alert as it was: no second audit entry.
+    assert client.post(url, {"name": "Acme", "low_balance_alert_usd": "12.5"}).status_code == 302
+    assert AuditEvent.objects.filter(action="wallet.low_balance_alert").count() == 1
+    # Bad amounts are refused with nothing half-saved (the name stays too).
+    for bad in ("0", "-1", "abc", "1.234"):
+        response = client.post(url, {"name": "Renamed", "low_balance_alert_usd": bad})
+        assert response.status_code == 400, bad
+    personas.org.refresh_from_db()
+    assert personas.org.name == "Acme"
+    assert Wallet.objects.get(organization=personas.org).low_balance_threshold_micros == 12_500_000
+    # Empty turns it off; a member may not; the outsider's save touches only Globex.
+    assert client.post(url, {"name": "Acme", "low_balance_alert_usd": ""}).status_code == 302
+    assert Wallet.objects.get(organization=personas.org).low_balance_threshold_micros is None
+    member = personas.client(personas.member)
+    assert member.post(url, {"name": "Acme", "low_balance_alert_usd": "5"}).status_code == 403
+    outsider = personas.client(personas.outsider)
+    assert outsider.post(url, {"name": "Globex", "low_balance_alert_usd": "7"}).status_code == 302
+    assert Wallet.objects.get(organization=personas.org).low_balance_threshold_micros is None
+    globex = Wallet.objects.get(organization=personas.other_org)
+    assert globex.low_balance_threshold_micros == 7_000_000
+
+
+def test_settings_lists_provider_keys_without_their_secrets(personas: Personas) -> None:
+    from apps.gateway.byok import provider_key_set
+
+    secret = "sk-" + "settingspage" * 3 + "WXYZ"
+    provider_key_set(org=personas.org, actor=personas.owner, provider="openai", secret=secret)
+    page = personas.client(personas.member).get(reverse("dashboard:settings")).content.decode()
+    assert "OpenAI" in page
+    assert "…WXYZ" in page
+    assert secret not in page
+    assert "not verified" in page
+    other = personas.client(personas.outsider).get(reverse("dashboard:settings")).content.decode()
+    assert "…WXYZ" not in other
+    assert "No provider keys" in other

@@ -23,7 +23,13 @@ from django.test import Client
 from apps.accounts import services as account_services
 from apps.accounts.models import ApiKey, Organization
 from apps.gateway import analytics
-from apps.gateway.models import LATENCY_BUCKET_COUNT, RequestLog, RollupCursor, UsageRollup
+from apps.gateway.models import (
+    LATENCY_BUCKET_COUNT,
+    RequestLog,
+    RollupCursor,
+    UsageBreakdownRollup,
+    UsageRollup,
+)
 from apps.gateway.rollups import (
     COUNTERS,
     frontier_model,
@@ -37,7 +43,7 @@ from apps.wallet import services as wallet_services
 from apps.wallet.models import LedgerEntry
 from tests.conftest import Personas
 from tests.factories import org_with_owner
-from tests.usage_factory import expected_rollups, log_row
+from tests.usage_factory import expected_breakdowns, expected_rollups, log_row
 
 pytestmark = pytest.mark.usefixtures("catalog")
 
@@ -67,13 +73,32 @@ def _stored() -> dict[tuple[Any, ...], dict[str, Any]]:
     return out
 
 
-def _assert_rollups_match_log() -> None:
-    expected = expected_rollups(frontier_model())
-    stored = _stored()
+def _stored_breakdowns() -> dict[tuple[Any, ...], dict[str, Any]]:
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in UsageBreakdownRollup.objects.all():
+        key = (
+            row.organization_id,
+            row.granularity,
+            row.bucket_start.astimezone(UTC),
+            row.dimension,
+            row.model,
+            row.provider,
+            row.api_key_id,
+            row.category,
+        )
+        assert key not in out, f"duplicate breakdown row {key}"
+        out[key] = {name: getattr(row, name) for name in COUNTERS}
+        out[key]["histogram"] = {int(i): c for i, c in row.latency_histogram.items()}
+    return out
+
+
+def _assert_match(
+    stored: dict[tuple[Any, ...], dict[str, Any]], expected: dict[tuple[Any, ...], dict[str, Any]]
+) -> None:
     assert set(stored) == set(expected)
     for key, sums in expected.items():
         latencies = sums.pop("latencies")
-        got = stored[key]
+        got = dict(stored[key])
         histogram = got.pop("histogram")
         assert got == {name: sums.get(name, 0) for name in COUNTERS}, key
         # The histogram holds each latency exactly once, in its own bucket.
@@ -81,6 +106,12 @@ def _assert_rollups_match_log() -> None:
         for latency in latencies:
             counts[latency_bucket(latency)] = counts.get(latency_bucket(latency), 0) + 1
         assert histogram == counts, key
+
+
+def _assert_rollups_match_log() -> None:
+    """Both rollup tables equal what the raw log adds up to, computed independently."""
+    _assert_match(_stored(), expected_rollups(frontier_model()))
+    _assert_match(_stored_breakdowns(), expected_breakdowns(frontier_model()))
 
 
 def _keys(org: Organization, owner: Any, *names: str) -> list[ApiKey]:
@@ -246,6 +277,8 @@ def test_command_updates_and_rebuilds(personas: Personas) -> None:
     # Damage Acme's and Globex's rollups; rebuilding Acme restores it and leaves Globex alone.
     UsageRollup.objects.filter(organization=personas.org).update(requests=999, cost_micros=0)
     UsageRollup.objects.filter(organization=personas.other_org).update(requests=5)
+    UsageBreakdownRollup.objects.filter(organization=personas.org).update(errors=7)
+    UsageBreakdownRollup.objects.filter(organization=personas.org, dimension="total").delete()
     out = StringIO()
     call_command("rollups_update", "--rebuild", "--org", personas.org.slug, stdout=out)
     acme_rows = RequestLog.objects.filter(organization=personas.org).count()
@@ -255,6 +288,12 @@ def test_command_updates_and_rebuilds(personas: Personas) -> None:
             "requests", flat=True
         )
     ) == {5}
+    # Acme's breakdowns are whole again; Globex's rows were left alone.
+    acme = personas.org.pk
+    _assert_match(
+        {k: v for k, v in _stored_breakdowns().items() if k[0] == acme},
+        {k: v for k, v in expected_breakdowns(frontier_model()).items() if k[0] == acme},
+    )
     call_command("rollups_update", "--rebuild", stdout=StringIO())
     _assert_rollups_match_log()
     with pytest.raises(CommandError, match="No organization"):
@@ -331,3 +370,10 @@ def test_the_logged_category_column_wins_over_the_route(personas: Personas) -> N
         UsageRollup.objects.filter(organization=personas.org).values_list("category", flat=True)
     )
     assert categories == {"code", "translation"}
+    breakdown_categories = set(
+        UsageBreakdownRollup.objects.filter(
+            organization=personas.org, dimension=UsageBreakdownRollup.Dimension.CATEGORY
+        ).values_list("category", flat=True)
+    )
+    assert breakdown_categories == {"code", "translation"}
+    _assert_rollups_match_log()

@@ -68,3 +68,22 @@ def test_another_tenants_run_is_not_found(
         .get(reverse("dashboard:playground"))
         .content.decode()
     )
+
+
+def test_recent_runs_fragment_lists_only_the_orgs_runs(
+    secret: str, personas: Personas, live_gateway: LiveGateway
+) -> None:
+    url = reverse("dashboard:playground")
+    empty = personas.client(personas.member).get(url, {"part": "runs"}).content.decode()
+    assert 'id="recent-runs"' in empty
+    assert "No Compare, Blend or Judge runs yet." in empty
+    run_id = post(
+        live_gateway, "compare", secret, {"models": MODELS, "messages": messages()}
+    ).json()["id"]
+    fragment = personas.client(personas.member).get(url, {"part": "runs"}).content.decode()
+    assert "<html" not in fragment  # the section alone, for the page to swap in
+    assert reverse("dashboard:orchestration_run", args=[run_id]) in fragment
+    assert "Compare" in fragment
+    other = personas.client(personas.outsider).get(url, {"part": "runs"}).content.decode()
+    assert run_id not in other
+    assert "No Compare, Blend or Judge runs yet." in other

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .faults import PROMPT_MARKER
+from .verdict import judge_reply
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 3
@@ -74,6 +75,9 @@ def answer_text(*, model: str, prompt: Prompt) -> str:
     scripted = scripted_reply(prompt)
     if scripted is not None:
         return scripted
+    verdict = judge_reply(prompt.texts)  # a judge's request: answer as a model would, in JSON
+    if verdict is not None:
+        return verdict
     last_user = next((text for role, text in reversed(prompt.texts) if role == "user"), "")
     echo = " ".join(PROMPT_MARKER.sub("", last_user).split()[:ECHO_WORDS])
     return (
