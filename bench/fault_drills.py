@@ -32,7 +32,7 @@ refused before its stream was charged at all. It also counts outcomes (complete,
 envelope, error *not* in our envelope, broken connection) and status classes, per phase.
 
 The hold of a request whose worker was killed expires after the call service's reservation TTL
-(15 minutes, ``RESERVATION_TTL`` in ``apps/gateway/calls.py``; no setting shortens it). By
+(``GATEWAY_RESERVATION_TTL_SECONDS``, 15 minutes by default). By
 default the drill moves the deadline of the holds still held to "now" in the database, as if the
 TTL had passed, and then runs the sweeper as is (``manage.py release_expired_reservations``, what
 the every-minute beat task runs); this happens after the load has ended, so no live request is

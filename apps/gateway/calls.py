@@ -74,8 +74,12 @@ from .routing.mesh import STATUS_ERROR, Attempt, ChainRun, Member, mesh_alternat
 from .routing.policies import AppliesTo, ExcludedModel, PolicyCatalog, policy_route
 from .selectors import acatalog_enabled_cached, acatalog_resolve
 
-# A hold outlives the longest call we allow; the sweeper frees it if this process dies.
-RESERVATION_TTL = timedelta(minutes=15)
+
+def _reservation_ttl() -> timedelta:
+    """A hold outlives the longest call we allow; the sweeper frees it if this process dies."""
+    return timedelta(seconds=settings.GATEWAY_RESERVATION_TTL_SECONDS)
+
+
 # nginx's "client closed request": logged when the caller went away before the call finished.
 CLIENT_CLOSED_STATUS = 499
 CALL_ABORTED = ApplicationError("The call did not complete.", code="call_aborted")
@@ -166,7 +170,7 @@ def _reserve(*, api_key: ApiKey, amount_micros: int, request_id: str) -> Reserva
         org=api_key.organization,
         amount_micros=amount_micros,
         request_id=request_id,
-        expires_in=RESERVATION_TTL,
+        expires_in=_reservation_ttl(),
     )
 
 

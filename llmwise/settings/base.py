@@ -403,6 +403,9 @@ PROVIDER_HTTP_MAX_KEEPALIVE: int = env.int("PROVIDER_HTTP_MAX_KEEPALIVE", defaul
 # Threads (each with its own database connection, from DB_POOL_MAX) that run the chat calls'
 # reserve/settle statements on the lean API path (llmwise/http.py), per server process.
 GATEWAY_DB_THREADS: int = env.int("GATEWAY_DB_THREADS", default=8)
+# How long a call's credit hold lives before the sweeper may free it (a worker killed mid-call).
+# Keep it above PROVIDER_TOTAL_TIMEOUT: a hold must outlive the longest call.
+GATEWAY_RESERVATION_TTL_SECONDS: int = env.int("GATEWAY_RESERVATION_TTL_SECONDS", default=900)
 
 # --- gateway limits ---------------------------------------------------------------------------
 # Shared counters (rate limits now; health, breakers and cooldowns later): "redis" or "memory";

@@ -154,3 +154,21 @@ def test_concurrent_calls_on_the_lean_path_all_bill_once(
     wallet = Wallet.objects.get(organization=personas.org)
     assert (wallet.balance_micros, wallet.reserved_micros) == (1_000_000 - spent, 0)
     assert wallet_audit_problems() == []
+
+
+def test_the_hold_lives_as_long_as_the_setting_says(
+    secret: str, settings: Any, live_gateway: LiveGateway
+) -> None:
+    from apps.wallet.models import Reservation
+
+    settings.GATEWAY_RESERVATION_TTL_SECONDS = 120
+    response = httpx.post(
+        live_gateway.url + "/v1/chat/completions",
+        json=_body("/v1/chat/completions"),
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    hold = Reservation.objects.get(request_id=response.headers["x-request-id"])
+    assert hold.status == Reservation.Status.SETTLED
+    assert (hold.expires_at - hold.created_at).total_seconds() == 120
