@@ -21,6 +21,7 @@ from typing import Any, Final, cast
 
 from apps.accounts.models import ApiKey
 from llmwise.errors import ApplicationError, new_request_id
+from llmwise.logging import log_context_bind
 
 from . import calls
 from .native_api import parse_native_chat, stream_payloads
@@ -50,6 +51,7 @@ class ChatConsumer(ApiSocketConsumer):
     async def _chat(self, chat_id: str, chat: calls.ChatInput, api_key: ApiKey) -> None:
         started = time.perf_counter()
         request_id = new_request_id()
+        log_context_bind(request_id=request_id)  # this task's log lines name its request
         try:
             stream = await calls.chat_stream(
                 api_key=api_key, chat=chat, request_id=request_id, endpoint=ENDPOINT

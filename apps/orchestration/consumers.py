@@ -23,6 +23,7 @@ from apps.accounts.models import ApiKey
 from apps.gateway.consumers import ChatConsumer, message_body
 from apps.gateway.sockets import MessageHandler
 from llmwise.errors import ApplicationError, new_request_id
+from llmwise.logging import log_context_bind
 
 from . import runner
 from .apis import parse_run
@@ -48,6 +49,7 @@ class OrchestrateConsumer(ChatConsumer):
 
     async def _run(self, run_id: str, spec: runner.RunSpec, api_key: ApiKey) -> None:
         request_id = new_request_id()
+        log_context_bind(request_id=request_id)  # this task's log lines name its request
         try:
             run = await runner.run_start(
                 api_key=api_key,

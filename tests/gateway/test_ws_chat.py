@@ -416,3 +416,34 @@ async def test_cancel_message_stops_the_stream_and_settles(
     assert message == {"type": "cancelled", "id": "c1"}
     await _settled_as_abandoned(personas)
     await communicator.disconnect()
+
+
+async def test_log_lines_of_a_socket_chat_name_its_request(
+    secret: str, sandbox: SandboxServer
+) -> None:
+    import json
+    import logging
+
+    from llmwise.logging import JsonFormatter
+
+    stream = StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        communicator = await _authed(secret)
+        await communicator.send_json_to(_chat())
+        messages = await _until_end(communicator)
+        await communicator.disconnect()
+    finally:
+        root.removeHandler(handler)
+    request_id = messages[-1]["request_id"]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line]
+    upstream = [
+        line
+        for line in lines
+        if line["logger"] == "httpx" and f"POST {sandbox.base_url}/openai/" in line["message"]
+    ]
+    assert upstream, lines
+    assert {line["request_id"] for line in upstream} == {request_id}
