@@ -32,7 +32,14 @@ from decimal import Decimal
 from typing import Any, cast
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 from apps.accounts.models import ApiKey
@@ -263,6 +270,31 @@ def _settle(*, reservation: Reservation | None, cost: int, usage: Usage, **log: 
                     "estimated": usage.estimated,
                 },
             )
+
+
+def _settle_durably(**kwargs: Any) -> None:
+    """:func:`_settle`, retried while the database is unreachable (a restart, a failover) for up
+    to ``GATEWAY_SETTLE_RETRY_SECONDS``: the provider has answered, so the charge is real money
+    and worth waiting a few seconds for. Only then is the call given up unbilled (its hold is
+    swept later). Runs on a database thread, never on the event loop."""
+    deadline = time.monotonic() + settings.GATEWAY_SETTLE_RETRY_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            _settle(**kwargs)
+            return
+        except IntegrityError:
+            # An earlier attempt committed but its answer was lost with the connection: the log
+            # row (unique request id, written in the same transaction as the charge) is there.
+            if RequestLog.objects.filter(request_id=kwargs["request_id"]).exists():
+                return
+            raise
+        except (OperationalError, InterfaceError):
+            connection.close()  # a broken connection: the next attempt opens a new one
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 def _release(*, reservation: Reservation | None, **log: Any) -> None:
@@ -857,7 +889,7 @@ async def chat_call(
     cost = cost_micros(model=model, usage=result.usage)
     log = prepared.log_for(run, chat, answered=True)
     await run_db(
-        _settle,
+        _settle_durably,
         reservation=reservation,
         cost=cost,
         usage=result.usage,
@@ -1187,7 +1219,12 @@ async def _stream_events(
             )
             await asyncio.shield(
                 run_db(
-                    _after_response, write=_settle, cost=cost, usage=usage, result=result, **settle
+                    _after_response,
+                    write=_settle_durably,
+                    cost=cost,
+                    usage=usage,
+                    result=result,
+                    **settle,
                 )
             )
             outcome.update(cost_micros=cost, usage=usage)

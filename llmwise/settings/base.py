@@ -406,6 +406,9 @@ GATEWAY_DB_THREADS: int = env.int("GATEWAY_DB_THREADS", default=8)
 # How long a call's credit hold lives before the sweeper may free it (a worker killed mid-call).
 # Keep it above PROVIDER_TOTAL_TIMEOUT: a hold must outlive the longest call.
 GATEWAY_RESERVATION_TTL_SECONDS: int = env.int("GATEWAY_RESERVATION_TTL_SECONDS", default=900)
+# How long a call that has its answer keeps retrying its settle while the database is
+# unreachable (a restart) before it gives up unbilled (docs/resilience.md).
+GATEWAY_SETTLE_RETRY_SECONDS: float = env.float("GATEWAY_SETTLE_RETRY_SECONDS", default=5.0)
 
 # --- gateway limits ---------------------------------------------------------------------------
 # Shared counters (rate limits now; health, breakers and cooldowns later): "redis" or "memory";

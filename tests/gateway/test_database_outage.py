@@ -158,3 +158,52 @@ def test_a_stream_whose_settle_fails_ends_with_an_error_event_and_is_not_charged
     wallet = Wallet.objects.get(organization=personas.org)
     assert (wallet.balance_micros, wallet.reserved_micros) == (FUNDS, 0)
     call_command("wallet_audit", stdout=StringIO(), stderr=StringIO())
+
+
+def test_a_settle_that_meets_a_short_outage_is_retried_and_charged_once(
+    live_gateway: LiveGateway,
+    secret: str,
+    personas: Personas,
+    outage: Outage,
+    faults: FaultControl,
+) -> None:
+    """The database goes away while a stream is being answered and comes back within the
+    settle's retry budget: the answer ends normally, after the database is back, charged once."""
+    import threading
+    import time
+
+    ended_at: list[float] = []
+
+    def database_back() -> None:
+        outage.end()
+        ended_at.append(time.monotonic())
+
+    faults.set(provider="openai", fault="none", chunk_delay_ms=20)
+    with httpx.stream(
+        "POST",
+        live_gateway.url + "/v1/chat/completions",
+        json={**BODY, "stream": True, "max_tokens": 40, "stream_options": {"include_usage": True}},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        lines = response.iter_lines()
+        assert any("content" in next(lines) for _ in range(4))
+        outage.begin()
+        back = threading.Timer(2.0, database_back)  # the stream ends well before: its settle waits
+        back.start()
+        rest = [line for line in lines if line.startswith("data: ")]
+        done_at = time.monotonic()
+        back.join()
+    assert rest[-1] == "data: [DONE]"
+    assert done_at >= ended_at[0]  # the answer ended only once the settle got through
+    final = json.loads(rest[-2].removeprefix("data: "))
+    assert final["choices"] == []
+    assert final["usage"]["completion_tokens"] > 0
+    charge = LedgerEntry.objects.get(request_id=request_id)
+    assert -charge.amount_micros == final["llmwise"]["charged_micros"] > 0
+    assert Reservation.objects.get(request_id=request_id).status == Reservation.Status.SETTLED
+    wallet = Wallet.objects.get(organization=personas.org)
+    assert (wallet.balance_micros, wallet.reserved_micros) == (FUNDS + charge.amount_micros, 0)
+    call_command("wallet_audit", stdout=StringIO(), stderr=StringIO())
