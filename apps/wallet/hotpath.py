@@ -116,7 +116,7 @@ def settle(
         status, settled, shortfall, alert, fresh = row
         if alert:
             wallet_id = reservation.wallet_id
-            transaction.on_commit(lambda: services._send_low_balance_alert(wallet_id))
+            transaction.on_commit(lambda: services.low_balance_alert_send(wallet_id))
     reservation.status = status
     reservation.settled_micros = settled
     reservation.shortfall_micros = shortfall

@@ -95,7 +95,8 @@ def _owner_and_admin_emails(org_id: int) -> list[str]:
     )
 
 
-def _send_low_balance_alert(wallet_id: int) -> None:
+def low_balance_alert_send(wallet_id: int) -> None:
+    """Email the owners and admins that the wallet is below its threshold (after commit)."""
     wallet = Wallet.objects.select_related("organization").get(pk=wallet_id)
     recipients = _owner_and_admin_emails(wallet.organization_id)
     if not recipients or wallet.low_balance_threshold_micros is None:
@@ -126,7 +127,7 @@ def _save_wallet(wallet: Wallet) -> None:
         if below and not wallet.low_balance_alerted:
             wallet.low_balance_alerted = True
             wallet_id = wallet.pk
-            transaction.on_commit(lambda: _send_low_balance_alert(wallet_id))
+            transaction.on_commit(lambda: low_balance_alert_send(wallet_id))
         elif not below and wallet.low_balance_alerted:
             wallet.low_balance_alerted = False
     wallet.updated_at = timezone.now()
