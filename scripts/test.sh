@@ -13,4 +13,6 @@ echo "==> mypy"
 echo "==> dependency audit (pip-audit; skipped with a message when the advisory service is unreachable)"
 .venv/bin/python scripts/dependency_audit.py
 echo "==> pytest"
-exec .venv/bin/pytest -n "${PYTEST_WORKERS:-auto}" "$@"
+# --dist loadgroup: tests marked xdist_group("postgres_connections") (many threads, one
+# connection each) run on one worker, so two of them never exhaust PostgreSQL's connections.
+exec .venv/bin/pytest -n "${PYTEST_WORKERS:-auto}" --dist loadgroup "$@"

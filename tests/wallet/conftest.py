@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pytest
 from django.db import connection
@@ -16,6 +19,30 @@ needs_postgres = pytest.mark.skipif(
     connection.vendor != "postgresql",
     reason="row locks and truly concurrent writers need PostgreSQL (SQLite serializes writers)",
 )
+# Tests that open dozens of connections at once (simultaneously()) share one xdist worker, so
+# two of them never run together and exceed PostgreSQL's max_connections.
+many_connections = pytest.mark.xdist_group("postgres_connections")
+
+
+T = TypeVar("T")
+
+
+def simultaneously(count: int, work: Callable[[int], T]) -> list[T | Exception]:
+    """Run ``work(i)`` in ``count`` threads released together by a barrier, each thread with
+    its own database connection (closed when it is done); exceptions are returned, not raised."""
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> T | Exception:
+        try:
+            barrier.wait(timeout=30)
+            return work(i)
+        except Exception as exc:
+            return exc
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
 
 
 def usd(amount: float | int) -> int:

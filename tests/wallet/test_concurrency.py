@@ -3,42 +3,20 @@ connection, on PostgreSQL: nothing is overspent, the ledger balances."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import TypeVar
 
 import pytest
-from django.db import connection
 
 from apps.wallet import selectors, services
 from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from apps.wallet.services import InsufficientCredit
 from tests.conftest import Personas
-from tests.wallet.conftest import needs_postgres, usd
+from tests.wallet.conftest import many_connections, needs_postgres, simultaneously, usd
 
-pytestmark = [needs_postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [needs_postgres, many_connections, pytest.mark.django_db(transaction=True)]
 
 THREADS = 55
-T = TypeVar("T")
-
-
-def _simultaneously(count: int, work: Callable[[int], T]) -> list[T | Exception]:
-    """Run ``work(i)`` in ``count`` threads released together by a barrier."""
-    barrier = threading.Barrier(count)
-
-    def run(i: int) -> T | Exception:
-        try:
-            barrier.wait(timeout=30)
-            return work(i)
-        except Exception as exc:
-            return exc
-        finally:
-            connection.close()  # each thread opened its own connection
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(run, range(count)))
 
 
 def test_concurrent_reservations_only_the_affordable_ones_succeed(
@@ -55,7 +33,7 @@ def test_concurrent_reservations_only_the_affordable_ones_succeed(
             expires_in=timedelta(minutes=1),
         )
 
-    results = _simultaneously(THREADS, reserve)
+    results = simultaneously(THREADS, reserve)
     won = [r for r in results if isinstance(r, Reservation)]
     refused = [r for r in results if isinstance(r, InsufficientCredit)]
     assert len(won) == usd(10) // hold == 13
@@ -85,7 +63,7 @@ def test_concurrent_reserve_and_settle_mixed_never_overspend(
         settled = services.reservation_settle(reservation=res, actual_micros=actual)
         return settled.settled_micros
 
-    results = _simultaneously(THREADS, call)
+    results = simultaneously(THREADS, call)
     unexpected = [
         r for r in results if isinstance(r, Exception) and not isinstance(r, InsufficientCredit)
     ]
@@ -117,7 +95,7 @@ def test_concurrent_reserves_with_one_request_id_hold_once(
         )
         return res.pk
 
-    results = _simultaneously(20, reserve)
+    results = simultaneously(20, reserve)
     assert all(isinstance(r, int) for r in results), results
     assert len(set(results)) == 1
     wallet.refresh_from_db()

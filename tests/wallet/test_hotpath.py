@@ -6,9 +6,7 @@ identical wallets, reservations and ledgers."""
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -21,7 +19,7 @@ from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from apps.wallet.services import InsufficientCredit
 from llmwise.errors import ApplicationError
 from tests.conftest import Personas
-from tests.wallet.conftest import needs_postgres, usd
+from tests.wallet.conftest import many_connections, needs_postgres, simultaneously, usd
 
 MINUTE = timedelta(minutes=1)
 
@@ -265,23 +263,8 @@ def test_same_workload_leaves_the_same_books_as_the_orm_services(
 
 
 # --- concurrency (PostgreSQL: real row locks, one connection per thread) ---------------------
-def _simultaneously(count: int, work: Callable[[int], object]) -> list[object]:
-    barrier = threading.Barrier(count)
-
-    def run(i: int) -> object:
-        try:
-            barrier.wait(timeout=30)
-            return work(i)
-        except Exception as exc:
-            return exc
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(run, range(count)))
-
-
 @needs_postgres
+@many_connections
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_calls_never_overspend_and_balance(
     personas: Personas, fund: Callable[[Organization, float], Wallet]
@@ -294,7 +277,7 @@ def test_concurrent_calls_never_overspend_and_balance(
         actual = amount * 2 if i % 5 == 0 else amount // 2
         return hotpath.settle(reservation=res, actual_micros=actual).settled_micros
 
-    results = _simultaneously(55, call)
+    results = simultaneously(55, call)
     unexpected = [
         r for r in results if isinstance(r, Exception) and not isinstance(r, InsufficientCredit)
     ]
@@ -308,15 +291,16 @@ def test_concurrent_calls_never_overspend_and_balance(
 
 
 @needs_postgres
+@many_connections
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_holds_only_the_affordable_ones_and_one_per_request_id(
     personas: Personas, fund: Callable[[Organization, float], Wallet]
 ) -> None:
     wallet = fund(personas.org, 10)
-    results = _simultaneously(55, lambda i: _reserve(wallet, 750_000, f"req-{i}"))
+    results = simultaneously(55, lambda i: _reserve(wallet, 750_000, f"req-{i}"))
     assert sum(isinstance(r, Reservation) for r in results) == 13
     assert sum(isinstance(r, InsufficientCredit) for r in results) == 42
-    same = _simultaneously(20, lambda _: _reserve(wallet, 250_000, "dup").pk)
+    same = simultaneously(20, lambda _: _reserve(wallet, 250_000, "dup").pk)
     assert all(isinstance(r, int) for r in same)
     assert len(set(same)) == 1
     wallet.refresh_from_db()
