@@ -8,6 +8,7 @@ Redis, Celery workers and beat). Only settings differ between them.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -331,11 +332,17 @@ def log_format_use(name: str) -> None:
     config: Any = LOGGING
     config["handlers"]["console"]["formatter"] = name
     uvicorn = {"handlers": ["console"], "level": "INFO", "propagate": False}
+    # uvicorn has configured its loggers before it imports the app: an access logger without
+    # handlers means --no-access-log, which must stay off (configuring "uvicorn" would otherwise
+    # reset its child to propagate into the console handler).
+    access_on = bool(logging.getLogger("uvicorn.access").handlers)
     for logger in ("uvicorn", "uvicorn.access"):
-        if name == "json":
-            config["loggers"][logger] = dict(uvicorn)
-        else:
+        if name != "json":
             config["loggers"].pop(logger, None)
+        elif logger == "uvicorn.access" and not access_on:
+            config["loggers"][logger] = {"handlers": [], "propagate": False}
+        else:
+            config["loggers"][logger] = dict(uvicorn)
 
 
 log_format_use(env.str("LOG_FORMAT", default="text"))

@@ -199,3 +199,49 @@ def test_text_lines_show_the_request_id() -> None:
     except KeyError:
         failed = logging.LogRecord("app", logging.ERROR, __file__, 1, "boom", None, sys.exc_info())
     assert "KeyError: 'gone'" in formatter.format(failed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("access_log", [True, False])
+def test_uvicorn_access_lines_are_json_unless_switched_off(access_log: bool, tmp_path: Any) -> None:
+    """LOG_FORMAT=json takes over uvicorn's loggers, but ``--no-access-log`` stays off (a line
+    per request costs the hot path and was not asked for)."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "llmwise.settings.dev",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "REDIS_URL": "",
+        "LOG_FORMAT": "json",
+    }
+    command = [sys.executable, "-m", "uvicorn", "llmwise.asgi:application", "--port", str(port)]
+    command += ["--lifespan", "off"] + ([] if access_log else ["--no-access-log"])
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert [line["logger"] for line in lines if line["logger"] == "uvicorn.error"], output
+    if access_log:
+        assert any("GET /healthz" in line["message"] for line in access), output
+    else:
+        assert access == [], output
