@@ -663,8 +663,9 @@ def api_key_authenticate_limited(*, secret: str, client_ip: str | None) -> ApiKe
     """:func:`api_key_authenticate`, refusing an IP address that failed too often.
 
     More than ``API_KEY_AUTH_FAILURES_PER_IP`` failed attempts from one IP within a window of
-    ``API_KEY_AUTH_FAILURE_WINDOW_SECONDS`` raise :class:`TooManyFailedAuthentications` (429)
-    until the window ends, for every attempt from that IP, right keys included (a blocked
+    ``API_KEY_AUTH_FAILURE_WINDOW_SECONDS`` (counted over the current and the previous fixed
+    window, so a burst across a boundary is caught) raise :class:`TooManyFailedAuthentications`
+    (429) until the window ends, for every attempt from that IP, right keys included (a blocked
     guesser learns nothing). Counts live in the shared cache (Redis in scale-out), so every
     process sees them; a process that saw the limit crossed then refuses that IP from memory,
     without a database lookup. A successful authentication costs nothing extra: the counter is
@@ -693,6 +694,9 @@ def api_key_authenticate_limited(*, secret: str, client_ip: str | None) -> ApiKe
         except ValueError:  # evicted between add and incr
             cache.set(counter, 1, timeout=window * 2)
             failures = 1
+        # The previous window counts too, so a burst across a window boundary is not forgiven
+        # half-way: the limit holds over any stretch of one window (and at most two).
+        failures += int(cache.get(f"api_key:auth_failures:{client_ip}:{bucket - 1}", 0))
     except CACHE_ERRORS:
         # The shared cache (Redis) is down: answer the wrong key with its 401 rather than a
         # 500; the count resumes when the cache is back (a key is far too long to guess anyway).

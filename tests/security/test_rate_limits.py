@@ -150,6 +150,19 @@ def test_the_block_lifts_when_the_window_ends(personas: Personas, settings: Any)
     assert _key_info(good).status_code == 200
 
 
+def test_a_burst_across_a_window_boundary_is_still_refused(
+    personas: Personas, settings: Any
+) -> None:
+    settings.API_KEY_AUTH_FAILURES_PER_IP = 2
+    settings.API_KEY_AUTH_FAILURE_WINDOW_SECONDS = 1
+    # The last tenth of a window: one failure there, the next two in the following window.
+    time.sleep((0.92 - time.time() % 1) % 1)
+    assert _key_info(WRONG).status_code == 401
+    time.sleep(1 - time.time() % 1 + 0.01)
+    assert _key_info(WRONG).status_code == 401
+    assert _key_info(WRONG).status_code == 429  # 3 failures within one window's time
+
+
 def test_the_count_is_shared_through_the_cache(personas: Personas) -> None:
     """Another process (no in-memory block) still refuses: the failures are in the cache."""
     for _ in range(21):
