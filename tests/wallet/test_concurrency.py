@@ -1,5 +1,6 @@
 """Many simultaneous reserves and settles against one wallet, each thread with its own database
-connection, on PostgreSQL: nothing is overspent, the ledger balances."""
+connection, on PostgreSQL: nothing is overspent, the ledger balances. Every test runs on both
+money paths: the ORM services and the gateway's one-statement hot path (apps.wallet.hotpath)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from apps.wallet import selectors, services
+from apps.wallet import hotpath, selectors, services
 from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from apps.wallet.services import InsufficientCredit
 from tests.conftest import Personas
@@ -17,21 +18,46 @@ from tests.wallet.conftest import many_connections, needs_postgres, simultaneous
 pytestmark = [needs_postgres, many_connections, pytest.mark.django_db(transaction=True)]
 
 THREADS = 55
+HOLD_FOR = timedelta(minutes=1)
+
+
+class MoneyPath:
+    """reserve(wallet, amount, request_id) and settle(reservation, actual) of one implementation."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def reserve(self, wallet: Wallet, amount: int, request_id: str) -> Reservation:
+        if self.name == "hotpath":
+            return hotpath.reserve(
+                org=wallet.organization,
+                amount_micros=amount,
+                request_id=request_id,
+                expires_in=HOLD_FOR,
+            )
+        return services.wallet_reserve(
+            wallet=wallet, amount_micros=amount, request_id=request_id, expires_in=HOLD_FOR
+        )
+
+    def settle(self, reservation: Reservation, actual: int) -> Reservation:
+        if self.name == "hotpath":
+            return hotpath.settle(reservation=reservation, actual_micros=actual)
+        return services.reservation_settle(reservation=reservation, actual_micros=actual)
+
+
+@pytest.fixture(params=["services", "hotpath"])
+def money(request: pytest.FixtureRequest) -> MoneyPath:
+    return MoneyPath(request.param)
 
 
 def test_concurrent_reservations_only_the_affordable_ones_succeed(
-    personas: Personas, fund: Callable[..., Wallet]
+    personas: Personas, fund: Callable[..., Wallet], money: MoneyPath
 ) -> None:
     wallet = fund(personas.org, 10)  # affords exactly 13 holds of $0.75 ($9.75)
     hold = 750_000
 
     def reserve(i: int) -> Reservation:
-        return services.wallet_reserve(
-            wallet=wallet,
-            amount_micros=hold,
-            request_id=f"req-{i}",
-            expires_in=timedelta(minutes=1),
-        )
+        return money.reserve(wallet, hold, f"req-{i}")
 
     results = simultaneously(THREADS, reserve)
     won = [r for r in results if isinstance(r, Reservation)]
@@ -46,22 +72,16 @@ def test_concurrent_reservations_only_the_affordable_ones_succeed(
 
 
 def test_concurrent_reserve_and_settle_mixed_never_overspend(
-    personas: Personas, fund: Callable[..., Wallet]
+    personas: Personas, fund: Callable[..., Wallet], money: MoneyPath
 ) -> None:
     wallet = fund(personas.org, 5)
 
     def call(i: int) -> int:
         # Uneven holds; actual cost sometimes above the hold (the gateway's estimate was low).
         amount = 200_000 + (i % 7) * 50_000
-        res = services.wallet_reserve(
-            wallet=wallet,
-            amount_micros=amount,
-            request_id=f"mix-{i}",
-            expires_in=timedelta(minutes=1),
-        )
+        res = money.reserve(wallet, amount, f"mix-{i}")
         actual = amount * 2 if i % 5 == 0 else amount // 2
-        settled = services.reservation_settle(reservation=res, actual_micros=actual)
-        return settled.settled_micros
+        return money.settle(res, actual).settled_micros
 
     results = simultaneously(THREADS, call)
     unexpected = [
@@ -85,15 +105,12 @@ def test_concurrent_reserve_and_settle_mixed_never_overspend(
 
 
 def test_concurrent_reserves_with_one_request_id_hold_once(
-    personas: Personas, fund: Callable[..., Wallet]
+    personas: Personas, fund: Callable[..., Wallet], money: MoneyPath
 ) -> None:
     wallet = fund(personas.org, 10)
 
     def reserve(_: int) -> int:
-        res = services.wallet_reserve(
-            wallet=wallet, amount_micros=usd(1), request_id="dup", expires_in=timedelta(minutes=1)
-        )
-        return res.pk
+        return money.reserve(wallet, usd(1), "dup").pk
 
     results = simultaneously(20, reserve)
     assert all(isinstance(r, int) for r in results), results

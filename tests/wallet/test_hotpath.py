@@ -1,7 +1,7 @@
 """The gateway's one-round-trip reserve and settle (apps.wallet.hotpath) keep every rule of the
 ORM services: on PostgreSQL they run the SQL functions of migration wallet.0002, so each rule is
 checked here against them, and the same random workload applied through both paths must leave
-identical wallets, reservations and ledgers."""
+identical wallets, reservations and ledgers. Concurrency on both paths: test_concurrency.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from apps.wallet.services import InsufficientCredit
 from llmwise.errors import ApplicationError
 from tests.conftest import Personas
-from tests.wallet.conftest import many_connections, needs_postgres, simultaneously, usd
+from tests.wallet.conftest import usd
 
 MINUTE = timedelta(minutes=1)
 
@@ -259,50 +259,4 @@ def test_same_workload_leaves_the_same_books_as_the_orm_services(
 
     assert books(fast) == books(slow)
     assert books(fast)[2] > 0  # the workload did spend
-    _audit_ok()
-
-
-# --- concurrency (PostgreSQL: real row locks, one connection per thread) ---------------------
-@needs_postgres
-@many_connections
-@pytest.mark.django_db(transaction=True)
-def test_concurrent_calls_never_overspend_and_balance(
-    personas: Personas, fund: Callable[[Organization, float], Wallet]
-) -> None:
-    wallet = fund(personas.org, 5)
-
-    def call(i: int) -> int:
-        amount = 200_000 + (i % 7) * 50_000
-        res = _reserve(wallet, amount, f"mix-{i}")
-        actual = amount * 2 if i % 5 == 0 else amount // 2
-        return hotpath.settle(reservation=res, actual_micros=actual).settled_micros
-
-    results = simultaneously(55, call)
-    unexpected = [
-        r for r in results if isinstance(r, Exception) and not isinstance(r, InsufficientCredit)
-    ]
-    assert unexpected == []
-    charged = sum(r for r in results if isinstance(r, int))
-    wallet.refresh_from_db()
-    assert wallet.reserved_micros == 0
-    assert wallet.balance_micros == usd(5) - charged >= 0
-    assert wallet.spent_micros == charged
-    _audit_ok()
-
-
-@needs_postgres
-@many_connections
-@pytest.mark.django_db(transaction=True)
-def test_concurrent_holds_only_the_affordable_ones_and_one_per_request_id(
-    personas: Personas, fund: Callable[[Organization, float], Wallet]
-) -> None:
-    wallet = fund(personas.org, 10)
-    results = simultaneously(55, lambda i: _reserve(wallet, 750_000, f"req-{i}"))
-    assert sum(isinstance(r, Reservation) for r in results) == 13
-    assert sum(isinstance(r, InsufficientCredit) for r in results) == 42
-    same = simultaneously(20, lambda _: _reserve(wallet, 250_000, "dup").pk)
-    assert all(isinstance(r, int) for r in same)
-    assert len(set(same)) == 1
-    wallet.refresh_from_db()
-    assert wallet.reserved_micros == 13 * 750_000 + 250_000
     _audit_ok()
