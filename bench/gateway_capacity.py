@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -165,16 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cpu", default="1")
     p.add_argument("--upstream-port", type=int, default=18390)
     p.add_argument("--ours-port", type=int, default=18391)
-    p.add_argument("--database", default="llmwise_bench")
-    p.add_argument("--pg-user", default="postgres")
-    p.add_argument("--pg-port", type=int, default=5432)
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
-    p.add_argument(
-        "--bench-venv",
-        default=os.environ.get(
-            "BENCH_VENV", str(Path(tempfile.gettempdir()) / "llm-gw-bench-venv")
-        ),
-    )
+    gw.add_setup_arguments(p)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.skip_litellm = True

@@ -458,6 +458,21 @@ def ratios(out: Path, labels: list[str], scs: list[Scenario], rounds: int) -> st
 
 
 # ------------------------------------------------------------------------------- main
+def add_setup_arguments(p: argparse.ArgumentParser) -> None:
+    """Where our gateway's database, Redis and the shared harness's venv are (every script that
+    uses :func:`gateway_env` / :func:`setup_gateway` takes these)."""
+    p.add_argument("--database", default="llmwise_bench")
+    p.add_argument("--pg-user", default="postgres")
+    p.add_argument("--pg-port", type=int, default=5432)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    p.add_argument(
+        "--bench-venv",
+        default=os.environ.get(
+            "BENCH_VENV", str(Path(tempfile.gettempdir()) / "llm-gw-bench-venv")
+        ),
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=2)
@@ -472,16 +487,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ours-port", type=int, default=18281)
     p.add_argument("--litellm-port", type=int, default=18282)
     p.add_argument("--chunks", type=int, default=20)
-    p.add_argument("--database", default="llmwise_bench")
-    p.add_argument("--pg-user", default="postgres")
-    p.add_argument("--pg-port", type=int, default=5432)
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
-    p.add_argument(
-        "--bench-venv",
-        default=os.environ.get(
-            "BENCH_VENV", str(Path(tempfile.gettempdir()) / "llm-gw-bench-venv")
-        ),
-    )
+    add_setup_arguments(p)
     p.add_argument("--out", default="", help="results folder (default var/bench/gateway-<ts>)")
     args = p.parse_args(argv)
     if args.rounds < 1 or min(args.concurrency) < 1 or args.n_c1 < 1 or args.n_cn < 1:
