@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 from typing import Any
 
@@ -119,6 +120,25 @@ def test_requests_during_the_outage_get_503_in_the_envelope_then_service_resumes
     assert again.status_code == 200, again.text[:300]
 
 
+@contextmanager
+def _streaming(
+    live_gateway: LiveGateway, secret: str, **body: Any
+) -> Iterator[tuple[str, Iterator[str]]]:
+    """A chat stream through the live gateway, opened and read up to its first text: yields its
+    request id and the rest of its lines."""
+    with httpx.stream(
+        "POST",
+        live_gateway.url + "/v1/chat/completions",
+        json={**BODY, "stream": True, **body},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert any("content" in next(lines) for _ in range(4))
+        yield response.headers["x-request-id"], lines
+
+
 def test_a_stream_whose_settle_fails_ends_with_an_error_event_and_is_not_charged(
     live_gateway: LiveGateway,
     secret: str,
@@ -127,17 +147,7 @@ def test_a_stream_whose_settle_fails_ends_with_an_error_event_and_is_not_charged
     faults: FaultControl,
 ) -> None:
     faults.set(provider="openai", fault="none", chunk_delay_ms=100)
-    with httpx.stream(
-        "POST",
-        live_gateway.url + "/v1/chat/completions",
-        json={**BODY, "stream": True, "max_tokens": 200},
-        headers={"Authorization": f"Bearer {secret}"},
-        timeout=30,
-    ) as response:
-        assert response.status_code == 200
-        request_id = response.headers["x-request-id"]
-        lines = response.iter_lines()
-        assert any("content" in next(lines) for _ in range(4))
+    with _streaming(live_gateway, secret, max_tokens=200) as (request_id, lines):
         outage.begin()  # the call is held and streaming; its settle will find no database
         events = [
             json.loads(line.removeprefix("data: "))
@@ -179,17 +189,11 @@ def test_a_settle_that_meets_a_short_outage_is_retried_and_charged_once(
         ended_at.append(time.monotonic())
 
     faults.set(provider="openai", fault="none", chunk_delay_ms=20)
-    with httpx.stream(
-        "POST",
-        live_gateway.url + "/v1/chat/completions",
-        json={**BODY, "stream": True, "max_tokens": 40, "stream_options": {"include_usage": True}},
-        headers={"Authorization": f"Bearer {secret}"},
-        timeout=30,
-    ) as response:
-        assert response.status_code == 200
-        request_id = response.headers["x-request-id"]
-        lines = response.iter_lines()
-        assert any("content" in next(lines) for _ in range(4))
+    options = {"include_usage": True}
+    with _streaming(live_gateway, secret, max_tokens=40, stream_options=options) as (
+        request_id,
+        lines,
+    ):
         outage.begin()
         back = threading.Timer(2.0, database_back)  # the stream ends well before: its settle waits
         back.start()
