@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import escape
 
 from apps.accounts import services as account_services
@@ -205,8 +206,14 @@ def test_rollups_lag_behind_the_log_not_the_page(personas: Personas) -> None:
 def test_the_data_table_has_a_row_per_bucket(
     personas: Personas, params: dict[str, str], rows: int
 ) -> None:
+    # All three in one hour's bucket, whatever the time of the run: hh:30 two hours ago, and
+    # one and two minutes before that.
+    now = timezone.now()
+    half_past = timedelta(hours=2, minutes=now.minute - 30, seconds=now.second)
     for i in range(3):
-        log_row(personas.org, ago=timedelta(hours=2, minutes=i), latency_ms=1500, cost_micros=10**6)
+        log_row(
+            personas.org, ago=half_past + timedelta(minutes=i), latency_ms=1500, cost_micros=10**6
+        )
     rollups_update()
     html = personas.client(personas.owner).get(OVERVIEW, params).content.decode()
     table = html[
