@@ -23,6 +23,7 @@ from apps.gateway.counters import (
     Counters,
     MemoryCounters,
     RedisCounters,
+    Window,
     counters,
     counters_redis_url,
 )
@@ -100,6 +101,21 @@ async def _call(
 def _state(provider: str = "openai", model: str = MODEL) -> health.TargetHealth:
     [row] = _run(health.health_snapshot([(provider, model)]))
     return row
+
+
+def test_successes_reach_the_shared_store_in_batches_without_a_read(clock: FakeClock) -> None:
+    calls = health.Target("openai", MODEL).key + ":calls"
+
+    async def play() -> tuple[float, float]:
+        for _ in range(3):
+            await _call("openai", MODEL)
+        store = counters()
+        before = (await store.take([Window(calls, health._window(), 0)])).states[0].used
+        await asyncio.sleep(health.SUCCESS_FLUSH_SECONDS + 0.2)  # the flush is due by then
+        after = (await store.take([Window(calls, health._window(), 0)])).states[0].used
+        return before, after
+
+    assert _run(play()) == (0, 3)
 
 
 def test_the_breaker_opens_on_a_burst_of_failures(clock: FakeClock) -> None:

@@ -24,6 +24,12 @@ timeouts, 408, 429, 5xx, 529): a 400 or a content-policy refusal is the request'
 the provider answering. With the customer's own key (BYOK) a 429 is their account's limit, not the
 provider's health, so it neither counts nor cools the provider down for everyone.
 
+Writes on the hot path are cheap too: a successful attempt is only added to this process's tally,
+which is sent to the store in one operation per target every ``SUCCESS_FLUSH_SECONDS`` (a Redis
+round trip per call was a fifth of the gateway's CPU). A failure, a probe or a forced attempt is
+written at once, together with the target's tallied successes, so the error rate a breaker
+trips on always counts this process's successes; other processes' arrive within that delay.
+
 Reads on the hot path are cheap: each process keeps a copy of each target's breaker and cool-down
 state for ``GATEWAY_MESH_STATE_CACHE_SECONDS`` (its own trips and recoveries apply at once; other
 processes' within that delay). :func:`healthy` answers from that copy only, without I/O, for the
@@ -39,7 +45,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -166,12 +174,87 @@ _cooldowns: dict[str, _View] = {}
 # Background recordings (streams record without delaying their first byte): strong references,
 # or the event loop may collect a task before it ran.
 _pending: set[asyncio.Task[None]] = set()
+SUCCESS_FLUSH_SECONDS: Final = 0.25
+
+
+class _Tally:
+    """Successful attempts not yet in the store: per target, the amount per window.
+
+    Shared by every event loop of the process (the server's, and those of sync code and tests),
+    hence the lock; whichever loop flushes takes everything."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[Target, dict[tuple[str, float], int]] = {}
+        self._flushing: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+    def add(self, target: Target, windows: Iterable[Window]) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(target, {})
+            for window in windows:
+                slot = (window.key, window.window_seconds)
+                counts[slot] = counts.get(slot, 0) + window.amount
+        loop = asyncio.get_running_loop()
+        if loop not in self._flushing:
+            self._flushing.add(loop)
+            loop.call_later(SUCCESS_FLUSH_SECONDS, self._flush_later, loop)
+
+    def _flush_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._flushing.discard(loop)
+        task = loop.create_task(self.flush())
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+    def pop(self, target: Target) -> list[Window]:
+        with self._lock:
+            counts = self._counts.pop(target, {})
+        return [Window(key, size, amount) for (key, size), amount in counts.items()]
+
+    async def flush(self) -> None:
+        """Send every target's tally to the store (one operation per target)."""
+        with self._lock:
+            targets = list(self._counts)
+        for target in targets:
+            windows = self.pop(target)
+            if not windows:
+                continue
+            try:
+                await counters().take(windows)
+            except COUNTER_ERRORS:
+                logger.exception("health: counters unavailable, successes on %s lost", target.key)
+
+
+_tally = _Tally()
+
+
+async def successes_flush() -> None:
+    """Send this process's tallied successes to the store now (reads call it first, tests may)."""
+    await _tally.flush()
+
+
+def _merged(windows: Sequence[Window], extra: Sequence[Window]) -> list[Window]:
+    """``windows`` with the amounts of ``extra`` added (same key and size), the rest appended."""
+    index = {(w.key, w.window_seconds): i for i, w in enumerate(windows)}
+    merged = list(windows)
+    for window in extra:
+        at = index.get((window.key, window.window_seconds))
+        if at is None:
+            merged.append(window)
+        else:
+            merged[at] = replace(merged[at], amount=merged[at].amount + window.amount)
+    return merged
 
 
 def health_local_clear() -> None:
-    """Forget this process's copies of shared state (tests; the shared state is untouched)."""
+    """Forget this process's copies of shared state and its unsent tally (tests; the shared
+    state is untouched)."""
     _breakers.clear()
     _cooldowns.clear()
+    _tally.clear()
 
 
 def _window() -> float:
@@ -390,6 +473,11 @@ async def attempt_record(
     if not failed:
         bucket = stats[3 + _latency_bucket(latency_ms)]
         counted += [Window(stats[2].key, window, latency_ms), Window(bucket.key, window, 1)]
+        if not (gate.probe or gate.forced):
+            _tally.add(target, counted)  # sent with the next flush (see the module docstring)
+            return
+    # This process's successes on the target go in first: the error rate must count them.
+    counted = _merged(counted, _tally.pop(target))
     try:
         taken = await store.take(counted)
         now = taken.at
@@ -551,6 +639,7 @@ async def health_snapshot(targets: Iterable[tuple[str, str]]) -> list[TargetHeal
     Raises ``ConnectionError`` (one of :data:`COUNTER_ERRORS`) when the shared store is
     unreachable: a status page should say so rather than show one process's own counts.
     """
+    await _tally.flush()
     store = counters()
     window = _window()
     if not store.degraded:
