@@ -7,8 +7,8 @@ environment alone (docs/operations.md):
   :func:`scrub_event` (our secret patterns, and known prompt/completion fields dropped).
 * ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``…_TRACES_ENDPOINT``) set → :func:`tracing_init` exports
   spans over OTLP/HTTP: one server span per HTTP request or WebSocket (:func:`asgi_wrap`, tagged
-  with our request id) and one client span per upstream provider call (httpx). JSON log lines get
-  the ``trace_id`` of the span they were written in.
+  with our request id) and one client span per upstream provider call (:func:`upstream_span`).
+  JSON log lines get the ``trace_id`` of the span they were written in.
 
 Their packages are imported only when switched on, so a process without the variables loads
 and starts nothing of them. :func:`observability_init` is called once per process: by the ASGI
@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
@@ -170,7 +171,6 @@ def tracing_init() -> bool:
         return False
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -179,7 +179,6 @@ def tracing_init() -> bool:
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    HTTPXClientInstrumentor().instrument()
     log_entry_hooks.append(_trace_id_to_log)
     _state["tracing"] = True
     return True
@@ -192,6 +191,60 @@ def span_tag(**attributes: str) -> None:
     span = trace.get_current_span()
     for name, value in attributes.items():
         span.set_attribute(f"llmwise.{name}", value)
+
+
+class UpstreamSpan:
+    """The client span of one upstream provider call (see :func:`upstream_span`)."""
+
+    def __init__(self, *, provider: str, url: str) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
+        parsed = urlsplit(url)
+        self.span = trace.get_tracer("llmwise.upstream").start_span(
+            "POST",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                # Without the query: Gemini keys may travel there.
+                "url.full": urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", "")),
+                "server.address": parsed.hostname or "",
+                "llmwise.provider": provider,
+            },
+        )
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """``headers`` plus the W3C trace context, so the provider's side joins the trace."""
+        from opentelemetry import propagate, trace
+
+        carrier = dict(headers)
+        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
+        return carrier
+
+    def status(self, status: int) -> None:
+        from opentelemetry.trace import StatusCode
+
+        self.span.set_attribute("http.response.status_code", status)
+        if status >= 500:  # a server error, as OpenTelemetry's HTTP conventions say
+            self.span.set_status(StatusCode.ERROR)
+
+    def end(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            from opentelemetry.trace import StatusCode
+
+            self.span.set_attribute("error.type", type(error).__name__)
+            self.span.set_status(StatusCode.ERROR)
+        self.span.end()
+
+
+def upstream_span(*, provider: str, url: str) -> UpstreamSpan | None:
+    """A started client span for an upstream call when tracing is on, else None (one check).
+
+    The span is never made "current": a stream's span lives across the yields of an async
+    generator, where a context change would leak into the consumer."""
+    if not _state["tracing"]:
+        return None
+    return UpstreamSpan(provider=provider, url=url)
 
 
 def asgi_wrap(app: Any) -> Any:

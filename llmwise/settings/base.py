@@ -406,7 +406,6 @@ PROVIDER_TIMEOUTS: dict[str, float] = {
     "total": env.float("PROVIDER_TOTAL_TIMEOUT", default=600.0),
 }
 PROVIDER_HTTP_MAX_CONNECTIONS: int = env.int("PROVIDER_HTTP_MAX_CONNECTIONS", default=1000)
-PROVIDER_HTTP_MAX_KEEPALIVE: int = env.int("PROVIDER_HTTP_MAX_KEEPALIVE", default=100)
 # Threads (each with its own database connection, from DB_POOL_MAX) that run the chat calls'
 # reserve/settle statements on the lean API path (llmwise/http.py), per server process.
 GATEWAY_DB_THREADS: int = env.int("GATEWAY_DB_THREADS", default=8)

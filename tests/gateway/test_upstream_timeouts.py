@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from io import StringIO
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from django.core.management import call_command
@@ -111,11 +112,19 @@ LINE_SEPARATOR_TEXT = "one\u2028two\x85three"  # what str.splitlines() would cut
 
 async def _raw_sse(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
     """An upstream sending raw UTF-8 in its JSON (as providers do), in awkward pieces: CRLF
-    line ends split across writes, and text holding U+2028 and U+0085."""
+    line ends split across writes, text holding U+2028 and U+0085, and a write ending inside
+    the UTF-8 bytes of a character."""
     if scope["type"] != "http":
         return
     data = json.dumps({"text": LINE_SEPARATOR_TEXT}, ensure_ascii=False).encode()
-    pieces = [b"data: " + data[:5], data[5:] + b"\r", b"\n\r", b"\ndata: [DONE]\r\n\r\n"]
+    cut = data.index("\u2028".encode()) + 1  # between the first and second byte of U+2028
+    pieces = [
+        b"data: " + data[:5],
+        data[5:cut],
+        data[cut:] + b"\r",
+        b"\n\r",
+        b"\ndata: [DONE]\r\n\r\n",
+    ]
     await send(
         {
             "type": "http.response.start",
@@ -132,16 +141,11 @@ async def _raw_sse(scope: MutableMapping[str, Any], receive: Receive, send: Send
 async def test_sse_lines_split_on_cr_lf_crlf_only_whatever_the_chunks() -> None:
     server = SandboxServer(app=_raw_sse).start()  # type: ignore[arg-type]
     try:
-        async with (
-            httpx.AsyncClient() as client,
-            client.stream("GET", server.base_url + "/") as response,
-        ):
-            events = [event.data async for event in sse_events(response)]
-        async with (
-            httpx.AsyncClient() as client,
-            client.stream("GET", server.base_url + "/") as response,
-        ):
-            lines = [line async for line in sse_lines(response)]
+        async with aiohttp.ClientSession() as client:
+            async with client.get(server.base_url + "/") as response:
+                events = [event.data async for event in sse_events(response)]
+            async with client.get(server.base_url + "/") as response:
+                lines = [line async for line in sse_lines(response)]
     finally:
         server.stop()
     assert [json.loads(events[0])["text"], events[1]] == [LINE_SEPARATOR_TEXT, "[DONE]"]

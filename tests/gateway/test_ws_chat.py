@@ -443,7 +443,8 @@ async def test_log_lines_of_a_socket_chat_name_its_request(
     upstream = [
         line
         for line in lines
-        if line["logger"] == "httpx" and f"POST {sandbox.base_url}/openai/" in line["message"]
+        if line["logger"] == "apps.gateway.providers"
+        and f"POST {sandbox.base_url}/openai/" in line["message"]
     ]
     assert upstream, lines
     assert {line["request_id"] for line in upstream} == {request_id}

@@ -101,7 +101,8 @@ def test_every_line_of_a_request_carries_its_request_id(
     upstream = [
         line
         for line in lines
-        if line["logger"] == "httpx" and f"POST {sandbox.base_url}/openai/" in line["message"]
+        if line["logger"] == "apps.gateway.providers"
+        and f"POST {sandbox.base_url}/openai/" in line["message"]
     ]
     assert len(upstream) == 1, lines
     assert all(line["request_id"] == answered_id for line in upstream)

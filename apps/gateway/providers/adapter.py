@@ -11,11 +11,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+from llmwise.observability import UpstreamSpan, upstream_span
 
 from .base import (
     CODE_STREAM_INTERRUPTED,
@@ -28,8 +29,11 @@ from .base import (
     parse_retry_after,
     transport_error,
 )
-from .transport import PoolLimits, SseEvent, Timeouts, http_client, sse_events
+from .transport import CLIENT_ERRORS, PoolLimits, SseEvent, Timeouts, http_client, sse_events
 
+logger = logging.getLogger("apps.gateway.providers")
+
+BAD_REQUEST = 400  # an upstream status from here on is an error
 ERROR_BODY_SNIPPET_CHARS = 300  # enough of a non-JSON error body to diagnose, not to flood logs
 
 
@@ -38,6 +42,13 @@ class WireRequest:
     url: str
     headers: Mapping[str, str]
     body: Mapping[str, Any]
+
+
+def _log_exchange(provider: str, url: str, status: int) -> None:
+    """One INFO line per upstream call (with the request id and org of the log context); the
+    query string is left out, where a provider may carry a key."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("%s: POST %s -> %s", provider, url.split("?", 1)[0], status)
 
 
 def json_dumps(body: Mapping[str, Any]) -> bytes:
@@ -68,7 +79,7 @@ class ProviderAdapter(abc.ABC):
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts or Timeouts()
-        self._httpx_timeout = self.timeouts.for_httpx()
+        self._client_timeout = self.timeouts.for_client()
         self._limits = limits
 
     def __repr__(self) -> str:
@@ -81,7 +92,7 @@ class ProviderAdapter(abc.ABC):
 
     @abc.abstractmethod
     def parse_result(
-        self, payload: dict[str, Any], *, request: ChatRequest, headers: httpx.Headers
+        self, payload: dict[str, Any], *, request: ChatRequest, headers: Mapping[str, str]
     ) -> ChatResult:
         """A non-streamed response body (already JSON-decoded) in our shape."""
 
@@ -102,35 +113,52 @@ class ProviderAdapter(abc.ABC):
     async def complete(self, request: ChatRequest, *, api_key: str) -> ChatResult:
         """One non-streamed call: the whole answer, or a ProviderError."""
         wire = self.build_request(request, api_key=api_key, stream=False)
-        client = http_client(base_url=self.base_url, limits=self._limits)
+        span = upstream_span(provider=self.provider, url=wire.url)
         try:
-            async with asyncio.timeout(self.timeouts.total):
-                response = await client.post(
-                    wire.url,
-                    content=json_dumps(wire.body),
-                    headers=wire.headers,
-                    timeout=self._httpx_timeout,
-                )
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise self._transport_error(exc, timed_out=True) from None
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, timed_out=False) from None
-        if response.status_code >= httpx.codes.BAD_REQUEST:
-            raise self.error_from_response(
-                status=response.status_code, content=response.content, headers=response.headers
-            )
+            status, headers, content = await self._post(wire, span)
+        except BaseException as exc:
+            if span is not None:
+                span.end(exc)
+            raise
+        if span is not None:
+            span.status(status)
+            span.end()
+        if status >= BAD_REQUEST:
+            raise self.error_from_response(status=status, content=content, headers=headers)
         try:
-            payload = json.loads(response.content)
+            payload = json.loads(content)
         except ValueError:
             raise invalid_response_error(provider=self.provider, message="not JSON") from None
         if not isinstance(payload, dict):
             raise invalid_response_error(provider=self.provider, message="not a JSON object")
         try:
-            return self.parse_result(payload, request=request, headers=response.headers)
+            return self.parse_result(payload, request=request, headers=headers)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise invalid_response_error(
                 provider=self.provider, message=f"unexpected shape ({exc!r})"
             ) from None
+
+    async def _post(
+        self, wire: WireRequest, span: UpstreamSpan | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Send ``wire`` and read the whole answer: status, headers and body."""
+        try:
+            async with (
+                asyncio.timeout(self.timeouts.total),
+                http_client(base_url=self.base_url, limits=self._limits) as client,
+                client.post(
+                    wire.url,
+                    data=json_dumps(wire.body),
+                    headers=wire.headers if span is None else span.headers(wire.headers),
+                    timeout=self._client_timeout,
+                ) as response,
+            ):
+                _log_exchange(self.provider, wire.url, response.status)
+                return response.status, response.headers, await response.read()
+        except TimeoutError as exc:
+            raise self._transport_error(exc, timed_out=True) from None
+        except CLIENT_ERRORS as exc:
+            raise self._transport_error(exc, timed_out=False) from None
 
     async def stream(self, request: ChatRequest, *, api_key: str) -> AsyncIterator[StreamEvent]:
         """One streamed call: text deltas, then one final event (see StreamEvent).
@@ -139,22 +167,40 @@ class ProviderAdapter(abc.ABC):
         Close the generator (``contextlib.aclosing``) when you stop early, to free the connection.
         """
         wire = self.build_request(request, api_key=api_key, stream=True)
-        client = http_client(base_url=self.base_url, limits=self._limits)
+        span = upstream_span(provider=self.provider, url=wire.url)
+        try:
+            async for event in self._stream(wire, request, span):
+                yield event
+        except BaseException as exc:
+            if span is not None:  # closed early by the consumer is not an error of the call
+                span.end(None if isinstance(exc, GeneratorExit) else exc)
+            raise
+        if span is not None:
+            span.end()
+
+    async def _stream(
+        self, wire: WireRequest, request: ChatRequest, span: UpstreamSpan | None
+    ) -> AsyncIterator[StreamEvent]:
         deadline = asyncio.get_running_loop().time() + self.timeouts.total
         delivered = False
         started = False
         try:
-            async with client.stream(
-                "POST",
-                wire.url,
-                content=json_dumps(wire.body),
-                headers=wire.headers,
-                timeout=self._httpx_timeout,
-            ) as response:
-                if response.status_code >= httpx.codes.BAD_REQUEST:
-                    content = await response.aread()
+            async with (
+                http_client(base_url=self.base_url, limits=self._limits) as client,
+                client.post(
+                    wire.url,
+                    data=json_dumps(wire.body),
+                    headers=wire.headers if span is None else span.headers(wire.headers),
+                    timeout=self._client_timeout,
+                ) as response,
+            ):
+                _log_exchange(self.provider, wire.url, response.status)
+                if span is not None:
+                    span.status(response.status)
+                if response.status >= BAD_REQUEST:
+                    content = await response.read()
                     raise self.error_from_response(
-                        status=response.status_code, content=content, headers=response.headers
+                        status=response.status, content=content, headers=response.headers
                     )
                 started = True
                 events = sse_events(response, deadline=deadline)
@@ -164,10 +210,10 @@ class ProviderAdapter(abc.ABC):
                     yield event
         except ProviderError as error:
             raise (error.after_output() if delivered else error) from None
-        except (TimeoutError, httpx.TimeoutException) as exc:
+        except TimeoutError as exc:
             timed_out = self._transport_error(exc, timed_out=True)
             raise (timed_out.after_output() if delivered else timed_out) from None
-        except httpx.HTTPError as exc:
+        except CLIENT_ERRORS as exc:
             if not started:
                 raise self._transport_error(exc, timed_out=False) from None
             interrupted = ProviderError(
@@ -182,7 +228,7 @@ class ProviderAdapter(abc.ABC):
 
     # --- helpers for subclasses -----------------------------------------------------------------
     def error_from_response(
-        self, *, status: int, content: bytes, headers: httpx.Headers
+        self, *, status: int, content: bytes, headers: Mapping[str, str]
     ) -> ProviderError:
         retry_after = parse_retry_after(headers.get("retry-after"))
         text = content.decode("utf-8", errors="replace")

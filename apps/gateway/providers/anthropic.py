@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
 from .adapter import ProviderAdapter, WireRequest, as_dict, as_int
 from .base import (
     FINISH_CONTENT_FILTER,
@@ -131,7 +129,7 @@ class AnthropicAdapter(ProviderAdapter):
         return WireRequest(url=self._url, headers=headers, body=body)
 
     def parse_result(
-        self, payload: dict[str, Any], *, request: ChatRequest, headers: httpx.Headers
+        self, payload: dict[str, Any], *, request: ChatRequest, headers: Mapping[str, str]
     ) -> ChatResult:
         if payload.get("type") == "error":
             raise self.stream_error(payload)

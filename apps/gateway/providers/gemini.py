@@ -8,9 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
-from .adapter import ProviderAdapter, WireRequest, as_dict, as_int
+from .adapter import BAD_REQUEST, ProviderAdapter, WireRequest, as_dict, as_int
 from .base import (
     FINISH_CONTENT_FILTER,
     FINISH_LENGTH,
@@ -127,7 +125,7 @@ class GeminiAdapter(ProviderAdapter):
         return WireRequest(url=self._models_url + model + method, headers=headers, body=body)
 
     def parse_result(
-        self, payload: dict[str, Any], *, request: ChatRequest, headers: httpx.Headers
+        self, payload: dict[str, Any], *, request: ChatRequest, headers: Mapping[str, str]
     ) -> ChatResult:
         if "error" in payload:
             raise self.error_from_payload(
@@ -190,7 +188,7 @@ class GeminiAdapter(ProviderAdapter):
         details = [as_dict(d) for d in error.get("details") or () if isinstance(d, dict)]
         if any(d.get("reason") == INVALID_KEY_REASON for d in details):
             status = 401  # a wrong key, whatever the status line says
-        elif status >= UNKNOWN_ERROR_STATUS or status < httpx.codes.BAD_REQUEST:
+        elif status >= UNKNOWN_ERROR_STATUS or status < BAD_REQUEST:
             # In-stream or mislabelled: the rpc status is the better witness.
             status = STATUS_HTTP.get(str(rpc_status), status)
         if retry_after is None:

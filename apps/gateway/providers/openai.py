@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from .adapter import ProviderAdapter, WireRequest, as_dict, as_int
+from .adapter import BAD_REQUEST, ProviderAdapter, WireRequest, as_dict, as_int
 from .base import (
     FINISH_CONTENT_FILTER,
     FINISH_ERROR,
@@ -161,7 +159,7 @@ class OpenAIAdapter(ProviderAdapter):
 
     # --- responses ------------------------------------------------------------------------------
     def parse_result(
-        self, payload: dict[str, Any], *, request: ChatRequest, headers: httpx.Headers
+        self, payload: dict[str, Any], *, request: ChatRequest, headers: Mapping[str, str]
     ) -> ChatResult:
         if "error" in payload:  # some hosts (OpenRouter) answer 200 with an error body
             raise self.error_from_payload(
@@ -231,7 +229,7 @@ class OpenAIAdapter(ProviderAdapter):
         message, hint, body_status = error_parts(payload)
         if payload is None:
             message = text
-        if status < httpx.codes.BAD_REQUEST and body_status:  # error inside a 200
+        if status < BAD_REQUEST and body_status:  # error inside a 200
             status = body_status
         return error_for_status(
             provider=self.provider,

@@ -90,10 +90,7 @@ def adapter_for(
 ) -> ProviderAdapter:
     """A new adapter for ``provider`` at ``base_url`` (tests and the "verify key" call use this
     directly to choose their own URL and timeouts)."""
-    limits = PoolLimits(
-        max_connections=settings.PROVIDER_HTTP_MAX_CONNECTIONS,
-        max_keepalive=settings.PROVIDER_HTTP_MAX_KEEPALIVE,
-    )
+    limits = PoolLimits(max_connections=settings.PROVIDER_HTTP_MAX_CONNECTIONS)
     if provider == Provider.ANTHROPIC:
         return AnthropicAdapter(
             provider=provider, base_url=base_url, timeouts=timeouts, limits=limits
