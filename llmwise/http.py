@@ -15,15 +15,26 @@ endpoints (:data:`HOT_PATHS`) are served by a second handler that avoids them:
   the request id, the security headers (the same hooks as Django's, run inline: they do no I/O),
   the CSP header and the rate-limit status.
 
-Everything else is Django's handler as is. Tests serve this same handler (``live_gateway``) and
-check that a hot-path answer carries the same security headers as the full stack's.
+* **Two thread hops per request for the request signals.** ``request_started`` and
+  ``request_finished`` have only sync receivers (close the thread's database connection if it is
+  broken or too old, close caches), which an async handler must run through ``sync_to_async``.
+  On this path every statement of a call runs on a database thread that does that itself after
+  each job (:func:`run_db`); the async ORM's shared thread (cache misses: a key, a policy) gets the
+  same hygiene at most once per ``CONNECTION_HYGIENE_SECONDS`` instead of twice per request.
+
+Everything else is Django's handler as is (request and response objects, middleware hooks, the
+disconnect listener that cancels a call whose client went away). Tests serve this same handler
+(``live_gateway``) and check that a hot-path answer carries the same security headers, errors and
+billing as the full stack's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -31,6 +42,7 @@ from typing import Any, TypeVar
 import django
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections, connection
 from django.http import HttpRequest, HttpResponse
@@ -41,6 +53,7 @@ from llmwise.middleware import DualModeMiddleware, GetResponse
 
 # The POST endpoints of every chat call (OpenAI, Anthropic and native formats).
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/api/v1/chat"})
+CONNECTION_HYGIENE_SECONDS = 1.0
 
 API_MIDDLEWARE = [
     "llmwise.middleware.RequestIdMiddleware",
@@ -119,7 +132,12 @@ async def run_db(fn: Callable[..., T], /, **kwargs: Any) -> T:
 
 
 class _ApiHandler(ASGIHandler):
-    """Django's handler with :data:`API_MIDDLEWARE` in place of ``settings.MIDDLEWARE``."""
+    """Django's handler with :data:`API_MIDDLEWARE` in place of ``settings.MIDDLEWARE`` and
+    without the request signals (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hygiene_due = 0.0
 
     def load_middleware(self, is_async: bool = False) -> None:
         full = settings.MIDDLEWARE
@@ -128,6 +146,55 @@ class _ApiHandler(ASGIHandler):
             super().load_middleware(is_async=is_async)
         finally:
             settings.MIDDLEWARE = full
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``ASGIHandler.handle`` minus the signals: read the body, answer while listening for
+        the client going away (which cancels the call: its hold is released, or its stream
+        settled on what was delivered), then free the request's resources."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            await self._connection_hygiene()
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:  # a request Django refuses to build (bad encoding): its 400
+                assert error_response is not None  # noqa: S101 - create_request returns one
+                await self.send_response(error_response, send)
+                return
+            try:
+                await self._answer(request, receive, send)
+            finally:
+                request.close()
+        finally:
+            body_file.close()
+
+    async def _answer(self, request: Any, receive: Any, send: Any) -> None:
+        async def process_request() -> None:
+            response = await self.get_response_async(request)
+            with contextlib.suppress(asyncio.CancelledError):  # the client went away meanwhile
+                await self.send_response(response, send)
+
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        answer = asyncio.create_task(process_request())
+        await asyncio.wait((listener, answer), return_when=asyncio.FIRST_COMPLETED)
+        for task in (listener, answer):  # the listener first: it never raises unexpectedly
+            if not task.done():
+                task.cancel()  # the call sees CancelledError and cleans up after itself
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            elif not task.cancelled():
+                with contextlib.suppress(RequestAborted):
+                    task.result()
+
+    async def _connection_hygiene(self) -> None:
+        """What ``request_started`` does for the async ORM's shared thread (close its database
+        connection if broken or past its age), at most once per CONNECTION_HYGIENE_SECONDS."""
+        now = time.monotonic()
+        if now < self._hygiene_due:
+            return
+        self._hygiene_due = now + CONNECTION_HYGIENE_SECONDS
+        await sync_to_async(close_old_connections)()
 
 
 class LLMWiseASGIHandler(ASGIHandler):

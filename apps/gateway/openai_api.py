@@ -29,6 +29,8 @@ from llmwise.errors import (
     as_application_error,
     error_body,
 )
+from llmwise.http import run_db
+from llmwise.logging import log_context_bind
 
 from . import calls
 from .limits import LimitsSnapshot
@@ -64,9 +66,10 @@ async def authenticate(request: HttpRequest) -> ApiKey:
     ip = client_ip(request)
     key = api_key_authenticate_cached(secret=secret, client_ip=ip)
     if key is None:  # not remembered (or its last-used mark is due): the full check, in a thread
-        key = await sync_to_async(api_key_authenticate_limited)(secret=secret, client_ip=ip)
+        key = await run_db(api_key_authenticate_limited, secret=secret, client_ip=ip)
     if key is None:
         raise Unauthenticated("Invalid, expired or revoked API key.")
+    log_context_bind(org_id=key.organization_id)  # every later log line of the request names it
     return key
 
 
