@@ -58,7 +58,7 @@ CONNECTION_HYGIENE_SECONDS = 1.0
 API_MIDDLEWARE = [
     "llmwise.middleware.RequestIdMiddleware",
     "llmwise.http.InlineSecurityMiddleware",
-    "llmwise.csp.ContentSecurityPolicyMiddleware",
+    "llmwise.csp.ApiContentSecurityPolicyMiddleware",
     "llmwise.http.InlineXFrameOptionsMiddleware",
     "apps.accounts.middleware.RateLimitStatusMiddleware",
     # Last, as in settings.MIDDLEWARE: a database outage answers 503 in the envelope, not 500.
