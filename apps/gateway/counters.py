@@ -45,6 +45,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from .resp import RespClient
+
 Clock = Callable[[], float]
 T = TypeVar("T")
 
@@ -469,15 +471,16 @@ def _unreachable_errors() -> tuple[type[BaseException], ...]:
 class RedisCounters(Counters):
     """Counters in Redis, shared by every process. One atomic Lua script per operation.
 
-    A redis-py asyncio client belongs to the loop that opened its sockets: the server has one
-    loop, but tests and ``async_to_sync`` callers make many, so there is one pooled client per
-    loop (dropped once its loop is closed).
+    Commands go through :class:`~apps.gateway.resp.RespClient` (one pipelined connection, a
+    fraction of redis-py's cost per command). A connection belongs to the loop that opened it:
+    the server has one loop, but tests and ``async_to_sync`` callers make many, so there is one
+    client per loop (dropped once its loop is closed).
 
     While Redis is unreachable the operations run on :attr:`local`, an in-process store on the
-    same clock (see the module docstring). Each Redis call is bounded by ``timeout_seconds``
-    (connect and reply) and retried once at most, at once (a pooled connection that a Redis
-    restart closed): a frozen or dead Redis costs a caller that long, not redis-py's default of
-    ten retries with back-off.
+    same clock (see the module docstring). Each operation is bounded by ``timeout_seconds`` as
+    a whole (connect, reply, and one immediate retry at most, for a pooled connection that a
+    Redis restart closed): a frozen or dead Redis costs a caller that long, not redis-py's
+    default of ten retries with back-off.
     """
 
     def __init__(
@@ -498,43 +501,30 @@ class RedisCounters(Counters):
         self._unreachable = _unreachable_errors()
         self._degraded = False
         self._retry_at = 0.0  # time.monotonic() when Redis may be tried again
-        # loop → (client, registered scripts)
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
+        self._clients: dict[asyncio.AbstractEventLoop, RespClient] = {}
 
     @property
     def degraded(self) -> bool:
         return self._degraded
 
-    def _client(self) -> Any:
-        return self._loop_state()[0]
-
-    def _loop_state(self) -> tuple[Any, dict[str, Any]]:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
+    def _client(self) -> RespClient:
         loop = asyncio.get_running_loop()
-        state = self._clients.get(loop)
-        if state is None:
-            # A client's sockets refer to their loop, so a weak key alone never lets a finished
+        client = self._clients.get(loop)
+        if client is None:
+            # A client's socket refers to its loop, so a weak key alone never lets a finished
             # loop go: drop the clients of closed loops (their sockets close when collected).
             for closed in [other for other in self._clients if other.is_closed()]:
                 del self._clients[closed]
-            client = Redis.from_url(
-                self.url,
-                decode_responses=False,
-                socket_connect_timeout=self.timeout_seconds,
-                socket_timeout=self.timeout_seconds,
-                retry=Retry(NoBackoff(), 1),
+            client = self._clients[loop] = RespClient(
+                self.url, connect_timeout=self.timeout_seconds
             )
-            state = self._clients[loop] = (client, {})
-        return state
+        return client
 
     async def aclose(self) -> None:
-        """Close this loop's pool (ASGI lifespan shutdown, test teardown)."""
-        state = self._clients.pop(asyncio.get_running_loop(), None)
-        if state is not None:
-            await state[0].aclose()
+        """Close this loop's connection (ASGI lifespan shutdown, test teardown)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     # --- Redis, or this process's memory while Redis is unreachable ---------------------------
     def _redis_due(self) -> bool:
@@ -570,7 +560,10 @@ class RedisCounters(Counters):
     ) -> T:
         if self._redis_due():
             try:
-                result = await shared()
+                # One deadline for the whole operation (its retry included), rather than
+                # redis-py's per-socket-call timeouts, which cost a task per send and per read.
+                async with asyncio.timeout(self.timeout_seconds):
+                    result = await shared()
             except self._unreachable as exc:
                 self._went_away(exc)
             else:
@@ -579,12 +572,7 @@ class RedisCounters(Counters):
         return await local()
 
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        # EVALSHA with a fallback to EVAL: the script body is sent once per server restart.
-        client, scripts = self._loop_state()
-        registered = scripts.get(script)
-        if registered is None:
-            registered = scripts[script] = client.register_script(script)
-        return await registered(keys=list(keys), args=list(args))
+        return await self._client().eval(script, list(keys), list(args))
 
     # --- the interface ---------------------------------------------------------------------
     async def take(self, windows: Sequence[Window]) -> Take:
@@ -680,15 +668,14 @@ class RedisCounters(Counters):
             await self._eval(_ADJUST, keys, [w.amount for w in windows])
 
     async def _value_get_shared(self, key: str) -> int | None:
-        raw = await self._client().get(KEY_PREFIX + "v:" + key)
+        raw = await self._client().execute("GET", KEY_PREFIX + "v:" + key)
         return None if raw is None else int(raw)
 
     async def _value_set_shared(
         self, key: str, value: int, *, ttl_seconds: float, only_if_absent: bool
     ) -> bool:
-        done = await self._client().set(
-            KEY_PREFIX + "v:" + key, value, px=_ms(ttl_seconds), nx=only_if_absent
-        )
+        command = ["SET", KEY_PREFIX + "v:" + key, value, "PX", _ms(ttl_seconds)]
+        done = await self._client().execute(*command, *(["NX"] if only_if_absent else []))
         return bool(done)
 
     async def _value_add_shared(
@@ -715,7 +702,7 @@ class RedisCounters(Counters):
         return bool(done), int(value) if present else None
 
     async def _delete_shared(self, key: str) -> None:
-        await self._client().delete(KEY_PREFIX + "v:" + key)
+        await self._client().execute("DEL", KEY_PREFIX + "v:" + key)
 
 
 _backends: dict[tuple[Any, ...], Counters] = {}
