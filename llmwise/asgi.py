@@ -11,7 +11,7 @@ import asyncio
 import os
 from typing import Any
 
-from llmwise.http import get_asgi_application
+from llmwise.http import get_asgi_application, serving_start, serving_stop
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmwise.settings.dev")
 django_http = get_asgi_application()
@@ -22,10 +22,6 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from apps.gateway.providers.transport import (  # noqa: E402
-    http_clients_aclose,
-    pool_clients_on_this_loop,
-)
 from apps.gateway.sandbox.server import SandboxServer  # noqa: E402
 from llmwise.embedded import EmbeddedScheduler  # noqa: E402
 from llmwise.observability import asgi_wrap, observability_init  # noqa: E402
@@ -66,7 +62,7 @@ class LifespanApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                pool_clients_on_this_loop()  # upstream connections are reused from call to call
+                await serving_start()  # pooled upstream and database connections
                 if settings.EMBEDDED:
                     self.scheduler = EmbeddedScheduler()
                     self.scheduler.start()
@@ -81,7 +77,7 @@ class LifespanApp:
                     self.scheduler.stop()
                 if self.sandbox is not None:
                     await asyncio.to_thread(self.sandbox.stop)
-                await http_clients_aclose()
+                await serving_stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

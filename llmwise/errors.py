@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import psycopg
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
@@ -73,7 +74,13 @@ class ServiceUnavailable(ApplicationError):
 
 # What the database layer raises when the server is unreachable, restarting, or gave up on a
 # statement (connection refused/closed, pool timeout, admin shutdown, lock or statement timeout).
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+# Django's wrappers, and psycopg's own from the hot path's async connections (llmwise/adb.py).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 
 def service_unavailable(exc: BaseException) -> ServiceUnavailable:

@@ -48,6 +48,7 @@ from django.db import close_old_connections, connection
 from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
+from django.urls import ResolverMatch
 
 from llmwise.middleware import DualModeMiddleware, GetResponse
 
@@ -138,6 +139,19 @@ class _ApiHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self._hygiene_due = 0.0
+        self._matches: dict[tuple[str, str], ResolverMatch] = {}
+
+    def resolve_request(self, request: HttpRequest) -> ResolverMatch:
+        """The three hot paths resolve to the same views every time: remember their matches
+        (per URL configuration) instead of walking the whole URL tree on every call."""
+        key = (settings.ROOT_URLCONF, request.path_info)
+        match = self._matches.get(key)
+        if match is None or hasattr(request, "urlconf"):
+            match = super().resolve_request(request)
+            if not hasattr(request, "urlconf"):
+                self._matches[key] = match
+        request.resolver_match = match
+        return match
 
     def load_middleware(self, is_async: bool = False) -> None:
         full = settings.MIDDLEWARE
@@ -211,6 +225,25 @@ class LLMWiseASGIHandler(ASGIHandler):
                 _on_hot_path.reset(token)
             return
         await super().__call__(scope, receive, send)
+
+
+async def serving_start() -> None:
+    """Set up the running loop as the server's: pooled upstream connections and, on PostgreSQL,
+    the hot path's async database pool (ASGI lifespan start-up; the test server too)."""
+    from apps.gateway.providers.transport import pool_clients_on_this_loop
+    from llmwise import adb
+
+    pool_clients_on_this_loop()
+    await adb.start()
+
+
+async def serving_stop() -> None:
+    """Close what :func:`serving_start` opened (ASGI lifespan shutdown)."""
+    from apps.gateway.providers.transport import http_clients_aclose
+    from llmwise import adb
+
+    await http_clients_aclose()
+    await adb.stop()
 
 
 def get_asgi_application() -> LLMWiseASGIHandler:

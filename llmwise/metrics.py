@@ -208,15 +208,20 @@ def counts_failures(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]
             try:
                 return function(*args, **kwargs)
             except Exception as exc:
-                if not getattr(exc, COUNTED_MARK, False):
-                    _settle_failed(operation)
-                    with contextlib.suppress(AttributeError, TypeError):
-                        setattr(exc, COUNTED_MARK, True)
+                money_operation_failed(operation, exc)
                 raise
 
         return counted
 
     return decorate
+
+
+def money_operation_failed(operation: str, exc: Exception) -> None:
+    """Count ``exc`` as a failure of ``operation`` (once, whichever layers it passes through)."""
+    if not getattr(exc, COUNTED_MARK, False):
+        _settle_failed(operation)
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, COUNTED_MARK, True)
 
 
 @_safe

@@ -43,12 +43,15 @@ from django.db import (
 )
 from django.db.models import Field
 from django.utils import timezone
+from psycopg import InterfaceError as PsycopgInterfaceError
+from psycopg import OperationalError as PsycopgOperationalError
+from psycopg.errors import UniqueViolation
 
 from apps.accounts.models import ApiKey
 from apps.wallet import hotpath
 from apps.wallet import services as wallet
 from apps.wallet.models import MICROS_PER_USD, Reservation
-from llmwise import metrics
+from llmwise import adb, metrics
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
 from llmwise.http import run_db
 
@@ -183,8 +186,7 @@ def _reserve(*, api_key: ApiKey, amount_micros: int, request_id: str) -> Reserva
     )
 
 
-@metrics.logs_requests
-def _log(
+def _log_row(
     *,
     api_key: ApiKey,
     chat: ChatInput,
@@ -204,84 +206,104 @@ def _log(
     cache_hit: bool = False,
     ttft_ms: int | None = None,
 ) -> RequestLog:
+    """The request-log row of a call, not saved yet."""
     usage = result.usage if result is not None else Usage(0, 0)
     keep_text = api_key.retains_text  # the key's setting, else the organization's
     if not keep_text and "signals" in route:
         # The classifier's cue names are words of the prompt: zero retention keeps only labels.
         route = {name: value for name, value in route.items() if name != "signals"}
-    return _insert(
-        RequestLog(
-            organization_id=api_key.organization_id,
-            api_key=api_key,
-            request_id=request_id,
-            parent_request_id=parent_request_id,
-            endpoint=endpoint,
-            requested_model=chat.model,
-            model=model.id,
-            provider=model.provider,
-            status=RequestLog.Status.OK if error is None else RequestLog.Status.ERROR,
-            http_status=http_status,
-            error_type=error.error_type if error is not None else "",
-            error_code=error.code if error is not None else "",
-            finish_reason=result.finish_reason if result is not None else "",
-            stream=chat.stream,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            usage_estimated=usage.estimated,
-            cost_micros=cost,
-            byok=byok,
-            latency_ms=_elapsed_ms(started),
-            upstream_ms=upstream_ms,
-            ttft_ms=ttft_ms,
-            route=route,
-            category=category,
-            cache_hit=cache_hit,
-            prompt=[{"role": m.role, "content": m.content} for m in chat.messages]
-            if keep_text
-            else None,
-            # An upstream answer may carry NUL, which PostgreSQL text cannot store.
-            completion=result.text.replace("\x00", "\ufffd")
-            if result is not None and keep_text
-            else "",
-            created_at=timezone.now(),
-        )
+    return RequestLog(
+        organization_id=api_key.organization_id,
+        api_key=api_key,
+        request_id=request_id,
+        parent_request_id=parent_request_id,
+        endpoint=endpoint,
+        requested_model=chat.model,
+        model=model.id,
+        provider=model.provider,
+        status=RequestLog.Status.OK if error is None else RequestLog.Status.ERROR,
+        http_status=http_status,
+        error_type=error.error_type if error is not None else "",
+        error_code=error.code if error is not None else "",
+        finish_reason=result.finish_reason if result is not None else "",
+        stream=chat.stream,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        usage_estimated=usage.estimated,
+        cost_micros=cost,
+        byok=byok,
+        latency_ms=_elapsed_ms(started),
+        upstream_ms=upstream_ms,
+        ttft_ms=ttft_ms,
+        route=route,
+        category=category,
+        cache_hit=cache_hit,
+        prompt=[{"role": m.role, "content": m.content} for m in chat.messages]
+        if keep_text
+        else None,
+        # An upstream answer may carry NUL, which PostgreSQL text cannot store.
+        completion=result.text.replace("\x00", "\ufffd")
+        if result is not None and keep_text
+        else "",
+        created_at=timezone.now(),
     )
 
 
+@metrics.logs_requests
+def _log(**fields: Any) -> RequestLog:
+    return _insert(_log_row(**fields))
+
+
 @functools.cache
-def _insert_statement() -> tuple[str, tuple[Field[Any, Any], ...]]:
-    """``INSERT INTO gateway_requestlog (every column but the id) VALUES (…) RETURNING id``."""
+def _log_table() -> tuple[str, tuple[Field[Any, Any], ...]]:
+    """``gateway_requestlog (every column but the id)`` and those columns' fields."""
     meta = RequestLog._meta
     pk = meta.pk
     assert pk is not None  # noqa: S101 - every concrete model has one
     fields = tuple(f for f in meta.concrete_fields if f is not pk)
     quote = connection.ops.quote_name
     columns = ", ".join(quote(cast(str, f.column)) for f in fields)
-    values = ", ".join(["%s"] * len(fields))
-    # Names from the model's own metadata, values as parameters: nothing from a request.
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({values})"  # noqa: S608
-        f" RETURNING {quote(cast(str, pk.column))}"
-    )
-    return sql, fields
+    return f"{quote(meta.db_table)} ({columns})", fields
 
 
-def _insert(row: RequestLog) -> RequestLog:
-    """Save a new log row with one prepared INSERT on PostgreSQL (for this one statement the
-    ORM's save() spent more CPU building the SQL than the database running it), else save()."""
-    if connection.vendor != "postgresql":
-        row.save(force_insert=True)
-        return row
-    sql, fields = _insert_statement()
-    params = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        (row.pk,) = cursor.fetchone()
+def _log_values(row: RequestLog) -> list[Any]:
+    return [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in _log_table()[1]]
+
+
+def _saved(row: RequestLog, pk: int) -> RequestLog:
+    row.pk = pk
     row._state.adding = False
     row._state.db = connection.alias
     return row
+
+
+def _insert(row: RequestLog) -> RequestLog:
+    """Save a new log row with one INSERT on PostgreSQL (for this one statement the ORM's
+    save() spent more CPU building the SQL than the database running it), else save()."""
+    if connection.vendor != "postgresql":
+        row.save(force_insert=True)
+        return row
+    target, fields = _log_table()
+    values = _log_values(row)
+    # Names from the model's own metadata, values as parameters: nothing from a request.
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {target} VALUES ({placeholders}) RETURNING id"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        (pk,) = cursor.fetchone()
+    return _saved(row, pk)
+
+
+def _usage_record(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "estimated": usage.estimated,
+    }
 
 
 def _settle(*, reservation: Reservation | None, cost: int, usage: Usage, **log: Any) -> None:
@@ -297,17 +319,7 @@ def _settle(*, reservation: Reservation | None, cost: int, usage: Usage, **log: 
         if reservation is not None and log.get("byok"):
             wallet.reservation_release(reservation=reservation)
         elif reservation is not None:
-            hotpath.settle(
-                reservation=reservation,
-                actual_micros=cost,
-                usage={
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "cached_tokens": usage.cached_tokens,
-                    "reasoning_tokens": usage.reasoning_tokens,
-                    "estimated": usage.estimated,
-                },
-            )
+            hotpath.settle(reservation=reservation, actual_micros=cost, usage=_usage_record(usage))
 
 
 def _settle_durably(**kwargs: Any) -> None:
@@ -333,6 +345,84 @@ def _settle_durably(**kwargs: Any) -> None:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
+
+
+async def _settle_answered(*, after_response: bool, **kwargs: Any) -> None:
+    """Charge and log an answered call (see :func:`_settle`).
+
+    From the event loop in one statement when it can (:mod:`llmwise.adb`: on the server's loop,
+    on PostgreSQL, a platform-billed call), else :func:`_settle_durably` on a database thread
+    (``after_response``: the response is over, so that thread's connection is closed after)."""
+    if kwargs["reservation"] is None or kwargs.get("byok") or not adb.active():
+        if after_response:
+            await run_db(_after_response, write=_settle_durably, **kwargs)
+        else:
+            await run_db(_settle_durably, **kwargs)
+        return
+    await _asettle_durably(**kwargs)
+
+
+async def _asettle_durably(
+    *, reservation: Reservation, cost: int, usage: Usage, **log: Any
+) -> None:
+    """:func:`_settle_durably` from the event loop: settle and log in one statement
+    (``hotpath.asettle_with``), retried while the database is unreachable."""
+    row = _log_row(cost=cost, **log)
+    target = _log_table()[0]
+    values = _log_values(row)
+    deadline = time.monotonic() + settings.GATEWAY_SETTLE_RETRY_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            pk = await adb.run(
+                lambda conn: hotpath.asettle_with(
+                    conn,
+                    reservation=reservation,
+                    actual_micros=cost,
+                    usage=_usage_record(usage),
+                    insert=(target, values),
+                )
+            )
+            break
+        except UniqueViolation:
+            # An earlier attempt committed but its answer was lost with the connection.
+            if await adb.run(lambda conn: _logged(conn, row.request_id)):
+                return
+            raise
+        except (PsycopgOperationalError, PsycopgInterfaceError):
+            if time.monotonic() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+    metrics.request_logged(_saved(row, pk))
+
+
+async def _logged(conn: Any, request_id: str) -> bool:
+    cursor = await conn.execute(
+        "SELECT 1 FROM gateway_requestlog WHERE request_id = %s", [request_id]
+    )
+    return await cursor.fetchone() is not None
+
+
+async def _hold(*, api_key: ApiKey, amount_micros: int, request_id: str) -> Reservation:
+    """:func:`_reserve`, from the event loop when it can (see :func:`_settle_answered`)."""
+    if adb.active():
+        held = await adb.run(
+            lambda conn: hotpath.areserve(
+                conn,
+                org_id=api_key.organization_id,
+                amount_micros=amount_micros,
+                request_id=request_id,
+                expires_in=_reservation_ttl(),
+            )
+        )
+        if held is not None:
+            return held
+    # Not on the server's loop, or a case the fast path leaves to the ORM service (no wallet
+    # yet, short credit: the service raises the right error).
+    return await run_db(
+        _reserve, api_key=api_key, amount_micros=amount_micros, request_id=request_id
+    )
 
 
 def _release(*, reservation: Reservation | None, **log: Any) -> None:
@@ -793,8 +883,8 @@ async def _prepare(
                 _split, parent_hold=parent_hold, amount_micros=max(billed), request_id=request_id
             )
         elif billed:
-            reservation = await run_db(
-                _reserve, api_key=api_key, amount_micros=max(billed), request_id=request_id
+            reservation = await _hold(
+                api_key=api_key, amount_micros=max(billed), request_id=request_id
             )
     except BaseException:
         # Refused after admission (no credit, no provider key): give back the limit holds.
@@ -926,8 +1016,8 @@ async def chat_call(
     model = member.model
     cost = cost_micros(model=model, usage=result.usage)
     log = prepared.log_for(run, chat, answered=True)
-    await run_db(
-        _settle_durably,
+    await _settle_answered(
+        after_response=False,
         reservation=reservation,
         cost=cost,
         usage=result.usage,
@@ -1256,13 +1346,8 @@ async def _stream_events(
                 upstream_model=model.upstream_name,
             )
             await asyncio.shield(
-                run_db(
-                    _after_response,
-                    write=_settle_durably,
-                    cost=cost,
-                    usage=usage,
-                    result=result,
-                    **settle,
+                _settle_answered(
+                    after_response=True, cost=cost, usage=usage, result=result, **settle
                 )
             )
             outcome.update(cost_micros=cost, usage=usage)

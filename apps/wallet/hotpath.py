@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation
 
 from apps.accounts.models import Organization
 from llmwise import metrics
+from llmwise.http import run_db
 
 from . import services
 from .models import Reservation
@@ -130,3 +134,99 @@ def settle(
                 shortfall,
             )
     return reservation
+
+
+# --- the same two statements from the event loop (llmwise/adb.py) ---------------------------
+async def areserve(
+    conn: AsyncConnection[Any],
+    *,
+    org_id: int,
+    amount_micros: int,
+    request_id: str,
+    expires_in: timedelta,
+) -> Reservation | None:
+    """:func:`reserve` on an autocommit async connection: the held reservation, or None when
+    the fast path cannot answer (no wallet yet, short credit, a repeated request id, odd
+    arguments): the caller then asks :func:`reserve`, whose ORM service knows the answer."""
+    if (
+        amount_micros <= 0
+        or not 0 < len(request_id) <= services.MAX_REQUEST_ID_LENGTH
+        or expires_in <= timedelta(0)
+    ):
+        return None
+    now = timezone.now()
+    expires_at = now + expires_in
+    try:
+        cursor = await conn.execute(_RESERVE, [org_id, amount_micros, request_id, now, expires_at])
+        row = await cursor.fetchone()
+    except UniqueViolation:
+        return None
+    if row is None:
+        return None
+    held = Reservation(
+        id=row[0],
+        wallet_id=row[1],
+        organization_id=org_id,
+        request_id=request_id,
+        amount_micros=amount_micros,
+        status=Reservation.Status.HELD,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    held._state.adding = False
+    held._state.db = connection.alias
+    return held
+
+
+async def asettle_with(
+    conn: AsyncConnection[Any],
+    *,
+    reservation: Reservation,
+    actual_micros: int,
+    usage: dict[str, Any],
+    insert: tuple[str, Sequence[Any]],
+) -> Any:
+    """:func:`settle` and one more row in a single statement, hence one transaction: the row
+    is written exactly when the money moved. ``insert`` is ``(columns SQL, values)``: the
+    table and its column list (``"t (a, b)"``) and the values of one row; the row's id is
+    returned. Updates ``reservation`` in place as :func:`settle` does. The low-balance alert
+    is sent (on a database thread: it is ORM and e-mail work) after the statement committed.
+    """
+    target, values = insert
+    placeholders = ", ".join(["%s"] * len(values))
+    now = timezone.now()
+    # The settle runs first (its locks, reservation then wallet, in the services' order); the
+    # insert takes its values through the settle's row, so a reservation that is not there
+    # writes nothing either.
+    sql = (
+        "WITH settled AS (SELECT * FROM llmwise_reservation_settle(%s, %s, %s::jsonb, %s)),"  # noqa: S608 - names from model metadata, values as parameters
+        f" written AS (INSERT INTO {target} SELECT {placeholders} FROM settled RETURNING id)"
+        " SELECT s.out_status, s.out_settled, s.out_shortfall, s.out_alert, s.out_fresh,"
+        " (SELECT id FROM written) FROM settled s"
+    )
+    try:
+        cursor = await conn.execute(
+            sql, [reservation.pk, actual_micros, json.dumps(usage), now, *values]
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            raise Reservation.DoesNotExist(f"No reservation {reservation.pk}.")
+    except Exception as exc:
+        metrics.money_operation_failed("settle", exc)
+        raise
+    status, settled, shortfall, alert, fresh, written_id = row
+    reservation.status = status
+    reservation.settled_micros = settled
+    reservation.shortfall_micros = shortfall
+    if fresh:
+        reservation.usage = usage
+        reservation.finished_at = now
+        if shortfall:
+            logger.warning(
+                "reservation %s settled with a shortfall of %s micro-USD",
+                reservation.request_id,
+                shortfall,
+            )
+    if alert:
+        await run_db(services.low_balance_alert_send, wallet_id=reservation.wallet_id)
+    return written_id

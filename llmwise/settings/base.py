@@ -125,6 +125,9 @@ def database_from_url(url: str) -> dict[str, Any]:
             }
         }
         config["CONN_MAX_AGE"] = 0
+        # A pooled connection is checked (one empty query) as it leaves the pool: after a
+        # database restart the pooled ones are dead and would each fail a request.
+        config["CONN_HEALTH_CHECKS"] = True
     return config
 
 
@@ -409,6 +412,9 @@ PROVIDER_HTTP_MAX_CONNECTIONS: int = env.int("PROVIDER_HTTP_MAX_CONNECTIONS", de
 # Threads (each with its own database connection, from DB_POOL_MAX) that run the chat calls'
 # reserve/settle statements on the lean API path (llmwise/http.py), per server process.
 GATEWAY_DB_THREADS: int = env.int("GATEWAY_DB_THREADS", default=8)
+# On PostgreSQL the chat calls' reserve and settle + log statements run from the event loop on
+# their own pool of this many connections per server process (llmwise/adb.py).
+GATEWAY_DB_CONNECTIONS: int = env.int("GATEWAY_DB_CONNECTIONS", default=8)
 # How long a call's credit hold lives before the sweeper may free it (a worker killed mid-call).
 # Keep it above PROVIDER_TOTAL_TIMEOUT: a hold must outlive the longest call.
 GATEWAY_RESERVATION_TTL_SECONDS: int = env.int("GATEWAY_RESERVATION_TTL_SECONDS", default=900)

@@ -17,6 +17,9 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 # Pooled connections outlive pytest-django's test-database switch; plain connections don't.
 DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
+# The test servers' async pools (llmwise/adb.py) stay small: PostgreSQL's 100 connections are
+# shared by every xdist worker, and the wallet concurrency tests open 55 at once.
+GATEWAY_DB_CONNECTIONS = 2
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 _worker_index = int(_worker.removeprefix("gw") or 0)

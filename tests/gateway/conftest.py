@@ -128,6 +128,31 @@ class LiveGateway:
     url: str
 
 
+class _Served:
+    """The app with the production server's lifespan set-up of its loop (``serving_start``:
+    pooled upstream clients, the hot path's async database pool), without the embedded
+    services the full lifespan would also start."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from llmwise.http import serving_start, serving_stop
+
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await serving_start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await serving_stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
 @pytest.fixture(scope="session")
 def live_gateway() -> Iterator[LiveGateway]:
     """Our whole ASGI app served by uvicorn on a loopback port, in this process (so tests using
@@ -144,7 +169,7 @@ def live_gateway() -> Iterator[LiveGateway]:
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(
-        uvicorn.Config(get_asgi_application(), lifespan="off", log_level="warning")
+        uvicorn.Config(_Served(get_asgi_application()), lifespan="on", log_level="warning")
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="live-gateway", daemon=True

@@ -15,11 +15,13 @@ from io import StringIO
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from asgiref.sync import SyncToAsync
 from django.core.management import call_command
 from django.db import connection, connections
 from django.utils import timezone
+from psycopg import sql
 
 from apps.accounts import services as account_services
 from apps.gateway.sandbox import SandboxServer
@@ -35,34 +37,59 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
 
 
 class Outage:
-    """Turns the database off and on for every thread of this process."""
+    """Takes the test database away for real, for every connection of every thread and pool
+    of this process: new connections are refused (``ALLOW_CONNECTIONS false``) and the open
+    ones are terminated; then lets them in again. Driven from the maintenance database."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.monkeypatch = monkeypatch
-        self.port = connection.settings_dict.get("PORT")
+    def __init__(self) -> None:
+        db = connection.settings_dict
+        self.name = db["NAME"]
+        self.admin = psycopg.connect(
+            dbname="postgres",
+            host=db["HOST"] or "127.0.0.1",
+            port=db["PORT"] or 5432,
+            user=db["USER"],
+            password=db["PASSWORD"] or None,
+            autocommit=True,
+        )
 
-    def _close_everywhere(self) -> None:
-        # The gateway's sync work runs on asgiref's shared thread: close its connection there.
-        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
-        connections.close_all()
-        account_services.api_key_caches_clear()  # authenticate against the database again
+    def _allow(self, allowed: bool) -> None:
+        quoted = sql.Identifier(self.name)
+        value = sql.SQL("true" if allowed else "false")
+        self.admin.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(quoted, value)
+        )
 
     def begin(self) -> None:
-        self.monkeypatch.setitem(connection.settings_dict, "PORT", "1")  # nothing listens there
-        self._close_everywhere()
+        self._allow(False)
+        self.admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            [self.name],
+        )
+        account_services.api_key_caches_clear()  # authenticate against the database again
 
     def end(self) -> None:
-        self.monkeypatch.setitem(connection.settings_dict, "PORT", self.port)
-        self._close_everywhere()
+        self._allow(True)
+        # This thread's and the sync thread's connections were terminated: let them reconnect.
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+        connections.close_all()
+        account_services.api_key_caches_clear()
+
+    def close(self) -> None:
+        self._allow(True)
+        self.admin.close()
 
 
 @pytest.fixture
-def outage(monkeypatch: pytest.MonkeyPatch) -> Iterator[Outage]:
+def outage() -> Iterator[Outage]:
     if connection.vendor != "postgresql":
         pytest.skip("an SQLite file cannot go away")
-    switch = Outage(monkeypatch)
-    yield switch
-    switch.end()
+    switch = Outage()
+    try:
+        yield switch
+    finally:
+        switch.end()
+        switch.close()
 
 
 @pytest.fixture
@@ -200,6 +227,7 @@ def test_a_settle_that_meets_a_short_outage_is_retried_and_charged_once(
         rest = [line for line in lines if line.startswith("data: ")]
         done_at = time.monotonic()
         back.join()
+    connections.close_all()  # this thread's connection was terminated with the others
     assert rest[-1] == "data: [DONE]"
     assert done_at >= ended_at[0]  # the answer ended only once the settle got through
     final = json.loads(rest[-2].removeprefix("data: "))
