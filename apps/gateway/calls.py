@@ -397,6 +397,35 @@ async def _asettle_durably(
     metrics.request_logged(_saved(row, pk))
 
 
+async def _hold_or_give_back(
+    *, api_key: ApiKey, amount_micros: int, request_id: str
+) -> Reservation:
+    """:func:`_hold`, finished even when the caller is cancelled (its client went away) while
+    the hold is being written: a hold that commits after that is released at once, not left to
+    the sweeper for the length of its TTL."""
+    holding = asyncio.ensure_future(
+        _hold(api_key=api_key, amount_micros=amount_micros, request_id=request_id)
+    )
+    try:
+        return await asyncio.shield(holding)
+    except asyncio.CancelledError:
+        holding.add_done_callback(_give_back)
+        raise
+
+
+def _give_back(holding: asyncio.Future[Reservation]) -> None:
+    if holding.cancelled() or holding.exception() is not None:
+        return  # nothing was held
+    task = asyncio.ensure_future(
+        run_db(_after_response, write=wallet.reservation_release, reservation=holding.result())
+    )
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[Any]] = set()  # tasks that must not be collected mid-way
+
+
 async def _logged(conn: Any, request_id: str) -> bool:
     cursor = await conn.execute(
         "SELECT 1 FROM gateway_requestlog WHERE request_id = %s", [request_id]
@@ -883,7 +912,7 @@ async def _prepare(
                 _split, parent_hold=parent_hold, amount_micros=max(billed), request_id=request_id
             )
         elif billed:
-            reservation = await _hold(
+            reservation = await _hold_or_give_back(
                 api_key=api_key, amount_micros=max(billed), request_id=request_id
             )
     except BaseException:

@@ -172,3 +172,52 @@ def test_the_hold_lives_as_long_as_the_setting_says(
     hold = Reservation.objects.get(request_id=response.headers["x-request-id"])
     assert hold.status == Reservation.Status.SETTLED
     assert (hold.expires_at - hold.created_at).total_seconds() == 120
+
+
+def test_a_client_gone_while_its_hold_is_written_leaves_nothing_held(
+    secret: str, personas: Personas, live_gateway: LiveGateway
+) -> None:
+    """The client goes away while the call's reserve waits on the wallet row (another
+    transaction holds its lock): once the reserve commits, the hold is given back at once."""
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    from apps.wallet.models import Reservation
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the row lock that holds the reserve back is PostgreSQL's")
+    wallet = Wallet.objects.get(organization=personas.org)
+    db = connection.settings_dict
+    locker = psycopg.connect(
+        dbname=db["NAME"],
+        host=db["HOST"] or "127.0.0.1",
+        port=db["PORT"] or 5432,
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+    )
+    url, headers = live_gateway.url + "/v1/chat/completions", {"Authorization": f"Bearer {secret}"}
+    # A first call warms the caches, so the second one waits on nothing but its reserve.
+    body = _body("/v1/chat/completions")
+    assert httpx.post(url, json=body, headers=headers, timeout=10).status_code == 200
+    before = set(Reservation.objects.values_list("pk", flat=True))
+    try:
+        locker.execute("SELECT 1 FROM wallet_wallet WHERE id = %s FOR UPDATE", [wallet.pk])
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(url, json=body, headers=headers, timeout=httpx.Timeout(5, read=0.5))
+        time.sleep(0.3)  # the server sees the disconnect and cancels the call
+        assert set(Reservation.objects.values_list("pk", flat=True)) == before
+    finally:
+        locker.rollback()  # the reserve goes through now
+        locker.close()
+    deadline = time.monotonic() + 5
+    statuses: list[str] = []
+    while time.monotonic() < deadline:
+        statuses = list(Reservation.objects.exclude(pk__in=before).values_list("status", flat=True))
+        if statuses and Reservation.Status.HELD not in statuses:
+            break
+        time.sleep(0.05)
+    assert statuses == [Reservation.Status.RELEASED]
+    wallet.refresh_from_db()
+    assert wallet.reserved_micros == 0
