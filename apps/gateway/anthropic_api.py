@@ -9,10 +9,10 @@ types included) so the SDK raises its usual exception classes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final, cast
 
+import orjson
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
@@ -26,6 +26,7 @@ from .openai_api import (
     MethodNotAllowed,
     authenticate,
     json_body,
+    json_response,
     llmwise_body,
     outcome_headers,
 )
@@ -253,7 +254,7 @@ def anthropic_error_response(exc: ApplicationError, *, request_id: str) -> JsonR
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 async def _sse(
@@ -354,6 +355,6 @@ async def messages(request: HttpRequest) -> HttpResponseBase:
         )
     except ApplicationError as exc:
         return anthropic_error_response(exc, request_id=request_id)
-    return JsonResponse(
+    return json_response(
         message_body(outcome), headers={**outcome_headers(outcome), "request-id": request_id}
     )

@@ -9,13 +9,13 @@ two transports answer with the same objects.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from decimal import Decimal
 from typing import Any, Final, cast
 
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+import orjson
+from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
@@ -34,6 +34,7 @@ from .openai_api import (
     MethodNotAllowed,
     authenticate,
     json_body,
+    json_response,
     outcome_headers,
     parse_openai_chat,
 )
@@ -223,7 +224,7 @@ async def _sse(
     )
     try:
         async for name, data in payloads:
-            text = json.dumps(data, separators=(",", ":"))
+            text = orjson.dumps(data).decode()
             yield f"event: {name}\ndata: {text}\n\n".encode()
     finally:
         await payloads.aclose()
@@ -262,4 +263,4 @@ async def chat(request: HttpRequest) -> HttpResponseBase:
         for name, value in limit_headers(exc).items():
             response[name] = value
         return response
-    return JsonResponse(result_payload(outcome), headers=outcome_headers(outcome))
+    return json_response(result_payload(outcome), headers=outcome_headers(outcome))

@@ -6,11 +6,11 @@ these with ``base_url=<LLMWise>/v1`` and an LLMWise API key.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -54,6 +54,12 @@ class MethodNotAllowed(ApplicationError):
     code = "method_not_allowed"
 
 
+def json_response(data: Any, *, headers: dict[str, str] | None = None) -> HttpResponse:
+    """``JsonResponse`` with orjson (several times faster than the json module; UTF-8 text
+    rather than \\u escapes, which every JSON client reads the same)."""
+    return HttpResponse(orjson.dumps(data), content_type="application/json", headers=headers)
+
+
 def _bad(message: str, param: str | None = None) -> ApplicationError:
     return ApplicationError(message, code="invalid_request", param=param)
 
@@ -79,7 +85,7 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     except RequestDataTooBig as exc:
         raise RequestTooLarge("The request body is too large.") from exc
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad("The body is not valid JSON.") from exc
     if not isinstance(body, dict):
@@ -232,8 +238,8 @@ def _usage_body(usage: Usage) -> dict[str, Any]:
 
 
 def _sse_data(payload: dict[str, Any] | str) -> bytes:
-    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
+    text = payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+    return b"data: " + text + b"\n\n"
 
 
 async def _sse(
@@ -374,7 +380,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         for name, value in (limits.headers() if limits else {}).items():
             response[name] = value
         return response
-    return JsonResponse(completion_body(outcome), headers=outcome_headers(outcome))
+    return json_response(completion_body(outcome), headers=outcome_headers(outcome))
 
 
 async def models(request: HttpRequest) -> HttpResponse:

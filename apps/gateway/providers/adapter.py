@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from llmwise.observability import UpstreamSpan, upstream_span
 
 from .base import (
@@ -52,7 +54,7 @@ def _log_exchange(provider: str, url: str, status: int) -> None:
 
 
 def json_dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(body)
 
 
 def as_dict(value: Any) -> dict[str, Any]:
@@ -126,7 +128,7 @@ class ProviderAdapter(abc.ABC):
         if status >= BAD_REQUEST:
             raise self.error_from_response(status=status, content=content, headers=headers)
         try:
-            payload = json.loads(content)
+            payload = orjson.loads(content)
         except ValueError:
             raise invalid_response_error(provider=self.provider, message="not JSON") from None
         if not isinstance(payload, dict):
@@ -246,7 +248,7 @@ class ProviderAdapter(abc.ABC):
     def loads_event(self, data: str) -> dict[str, Any]:
         """One SSE data payload as a JSON object, or the 502 for upstream garbage."""
         try:
-            payload = json.loads(data)
+            payload = orjson.loads(data)
         except ValueError:
             raise invalid_response_error(
                 provider=self.provider, message="a stream event is not JSON"
