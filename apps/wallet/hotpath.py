@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -71,10 +71,30 @@ def reserve(
         pass  # the same request id again: the ORM service returns the existing reservation
     if row is None:
         return _reserve_orm(org, amount_micros, request_id, expires_in)
+    return _held(
+        row,
+        org_id=org.pk,
+        amount_micros=amount_micros,
+        request_id=request_id,
+        now=now,
+        expires_at=expires_at,
+    )
+
+
+def _held(
+    row: Sequence[Any],
+    *,
+    org_id: int,
+    amount_micros: int,
+    request_id: str,
+    now: datetime,
+    expires_at: datetime,
+) -> Reservation:
+    """The reservation the reserve function's row stands for, as loaded from the database."""
     held = Reservation(
         id=row[0],
         wallet_id=row[1],
-        organization_id=org.pk,
+        organization_id=org_id,
         request_id=request_id,
         amount_micros=amount_micros,
         status=Reservation.Status.HELD,
@@ -117,10 +137,19 @@ def settle(
             row = cursor.fetchone()
         if row is None:
             raise Reservation.DoesNotExist(f"No reservation {reservation.pk}.")
-        status, settled, shortfall, alert, fresh = row
+        alert = row[3]
         if alert:
             wallet_id = reservation.wallet_id
             transaction.on_commit(lambda: services.low_balance_alert_send(wallet_id))
+    _settled(reservation, row, usage=usage, now=now)
+    return reservation
+
+
+def _settled(
+    reservation: Reservation, row: Sequence[Any], *, usage: dict[str, Any], now: datetime
+) -> None:
+    """Update ``reservation`` in place from the settle function's row."""
+    status, settled, shortfall, _alert, fresh = row[:5]
     reservation.status = status
     reservation.settled_micros = settled
     reservation.shortfall_micros = shortfall
@@ -133,7 +162,6 @@ def settle(
                 reservation.request_id,
                 shortfall,
             )
-    return reservation
 
 
 # --- the same two statements from the event loop (llmwise/adb.py) ---------------------------
@@ -163,19 +191,14 @@ async def areserve(
         return None
     if row is None:
         return None
-    held = Reservation(
-        id=row[0],
-        wallet_id=row[1],
-        organization_id=org_id,
-        request_id=request_id,
+    return _held(
+        row,
+        org_id=org_id,
         amount_micros=amount_micros,
-        status=Reservation.Status.HELD,
-        created_at=now,
+        request_id=request_id,
+        now=now,
         expires_at=expires_at,
     )
-    held._state.adding = False
-    held._state.db = connection.alias
-    return held
 
 
 async def asettle_with(
@@ -214,19 +237,8 @@ async def asettle_with(
     except Exception as exc:
         metrics.money_operation_failed("settle", exc)
         raise
-    status, settled, shortfall, alert, fresh, written_id = row
-    reservation.status = status
-    reservation.settled_micros = settled
-    reservation.shortfall_micros = shortfall
-    if fresh:
-        reservation.usage = usage
-        reservation.finished_at = now
-        if shortfall:
-            logger.warning(
-                "reservation %s settled with a shortfall of %s micro-USD",
-                reservation.request_id,
-                shortfall,
-            )
+    _settled(reservation, row, usage=usage, now=now)
+    alert, written_id = row[3], row[5]
     if alert:
         await run_db(services.low_balance_alert_send, wallet_id=reservation.wallet_id)
     return written_id
