@@ -13,9 +13,11 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 
 from llmwise.observability import UpstreamSpan, upstream_span
@@ -123,7 +125,6 @@ class ProviderAdapter(abc.ABC):
                 span.end(exc)
             raise
         if span is not None:
-            span.status(status)
             span.end()
         if status >= BAD_REQUEST:
             raise self.error_from_response(status=status, content=content, headers=headers)
@@ -140,6 +141,25 @@ class ProviderAdapter(abc.ABC):
                 provider=self.provider, message=f"unexpected shape ({exc!r})"
             ) from None
 
+    @asynccontextmanager
+    async def _exchange(
+        self, wire: WireRequest, span: UpstreamSpan | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST ``wire`` upstream; the response once its head arrived (logged, on the span)."""
+        async with (
+            http_client(base_url=self.base_url, limits=self._limits) as client,
+            client.post(
+                wire.url,
+                data=json_dumps(wire.body),
+                headers=wire.headers if span is None else span.headers(wire.headers),
+                timeout=self._client_timeout,
+            ) as response,
+        ):
+            _log_exchange(self.provider, wire.url, response.status)
+            if span is not None:
+                span.status(response.status)
+            yield response
+
     async def _post(
         self, wire: WireRequest, span: UpstreamSpan | None
     ) -> tuple[int, Mapping[str, str], bytes]:
@@ -147,15 +167,8 @@ class ProviderAdapter(abc.ABC):
         try:
             async with (
                 asyncio.timeout(self.timeouts.total),
-                http_client(base_url=self.base_url, limits=self._limits) as client,
-                client.post(
-                    wire.url,
-                    data=json_dumps(wire.body),
-                    headers=wire.headers if span is None else span.headers(wire.headers),
-                    timeout=self._client_timeout,
-                ) as response,
+                self._exchange(wire, span) as response,
             ):
-                _log_exchange(self.provider, wire.url, response.status)
                 return response.status, response.headers, await response.read()
         except TimeoutError as exc:
             raise self._transport_error(exc, timed_out=True) from None
@@ -187,18 +200,7 @@ class ProviderAdapter(abc.ABC):
         delivered = False
         started = False
         try:
-            async with (
-                http_client(base_url=self.base_url, limits=self._limits) as client,
-                client.post(
-                    wire.url,
-                    data=json_dumps(wire.body),
-                    headers=wire.headers if span is None else span.headers(wire.headers),
-                    timeout=self._client_timeout,
-                ) as response,
-            ):
-                _log_exchange(self.provider, wire.url, response.status)
-                if span is not None:
-                    span.status(response.status)
+            async with self._exchange(wire, span) as response:
                 if response.status >= BAD_REQUEST:
                     content = await response.read()
                     raise self.error_from_response(
