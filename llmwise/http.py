@@ -22,6 +22,12 @@ endpoints (:data:`HOT_PATHS`) are served by a second handler that avoids them:
   each job (:func:`run_db`); the async ORM's shared thread (cache misses: a key, a policy) gets the
   same hygiene at most once per ``CONNECTION_HYGIENE_SECONDS`` instead of twice per request.
 
+* **Waiting for the books.** A chat call's settle + request-log write and its counter updates
+  change nothing in the answer. On this path the call service hands them to
+  :func:`after_answer`: they run as soon as the response has gone out, still inside the request's
+  ASGI call (so a graceful shutdown waits for them), never cancelled by the client going away.
+  Anywhere else :func:`after_answer` runs them at once, before the response.
+
 Everything else is Django's handler as is (request and response objects, middleware hooks, the
 disconnect listener that cancels a call whose client went away). Tests serve this same handler
 (``live_gateway``) and check that a hot-path answer carries the same security headers, errors and
@@ -33,9 +39,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -94,6 +101,11 @@ class InlineXFrameOptionsMiddleware(DualModeMiddleware):
 
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+AfterAnswer = Callable[[], Awaitable[None]]
+_after_answer: contextvars.ContextVar[list[tuple[contextvars.Context, AfterAnswer]] | None] = (
+    contextvars.ContextVar("after_answer", default=None)
+)
 _on_hot_path: contextvars.ContextVar[bool] = contextvars.ContextVar("on_hot_path", default=False)
 _db_threads: ThreadPoolExecutor | None = None
 _db_threads_lock = threading.Lock()
@@ -132,6 +144,28 @@ async def run_db(fn: Callable[..., T], /, **kwargs: Any) -> T:
     return await loop.run_in_executor(_db_executor(), context.run, _db_job, fn, kwargs)
 
 
+async def after_answer(work: AfterAnswer) -> None:
+    """Run ``await work()`` once the response has been sent, on the lean chat path; elsewhere
+    (pages, fan-out children, Django's test client) right now, its errors the caller's.
+
+    After the response, ``work`` runs in the context it was handed over in (request id and log
+    fields) and its errors are logged, as nobody is left to answer: it must record its own
+    failures (the settle does: ``money_operation_failed``)."""
+    pending = _after_answer.get()
+    if pending is None:
+        await work()
+    else:
+        pending.append((contextvars.copy_context(), work))
+
+
+async def _run_after_answer(pending: list[tuple[contextvars.Context, AfterAnswer]]) -> None:
+    for context, work in pending:
+        try:
+            await asyncio.create_task(work(), context=context)  # type: ignore[arg-type]
+        except Exception:
+            context.run(logger.exception, "work after the answer failed")
+
+
 class _ApiHandler(ASGIHandler):
     """Django's handler with :data:`API_MIDDLEWARE` in place of ``settings.MIDDLEWARE`` and
     without the request signals (see the module docstring)."""
@@ -164,7 +198,8 @@ class _ApiHandler(ASGIHandler):
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """``ASGIHandler.handle`` minus the signals: read the body, answer while listening for
         the client going away (which cancels the call: its hold is released, or its stream
-        settled on what was delivered), then free the request's resources."""
+        settled on what was delivered), free the request's resources, then run the work the
+        call handed to :func:`after_answer`."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -176,10 +211,15 @@ class _ApiHandler(ASGIHandler):
                 assert error_response is not None  # noqa: S101 - create_request returns one
                 await self.send_response(error_response, send)
                 return
+            pending: list[tuple[contextvars.Context, AfterAnswer]] = []
+            token = _after_answer.set(pending)
             try:
                 await self._answer(request, receive, send)
             finally:
+                _after_answer.reset(token)
                 request.close()
+                # Also when the client went away: the work handed over was due either way.
+                await _run_after_answer(pending)
         finally:
             body_file.close()
 

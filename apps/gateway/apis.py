@@ -149,12 +149,15 @@ class RequestDetailApi(APIView):
         summary="A logged request: usage, cost, route and texts",
         description=(
             "`prompt` and `completion` are null when the request was made under zero retention "
-            "(`zero_retention: true`): only metadata was stored."
+            "(`zero_retention: true`): only metadata was stored. A chat call is billed and "
+            "logged just after its answer is sent; asked for in that instant, this waits for "
+            "the record (up to 2 s). A request whose provider has not answered yet is "
+            "`404 request_in_progress`."
         ),
     )
     def get(self, request: Request, request_id: str) -> Response:
         key = _calling_key(request)
-        log = selectors.request_log_of(org=key.organization, request_id=request_id)
+        log = selectors.request_log_booked(org=key.organization, request_id=request_id)
         return Response(self.OutputSerializer(request_log_data(log, include_texts=True)).data)
 
 

@@ -53,7 +53,7 @@ from apps.wallet import services as wallet
 from apps.wallet.models import MICROS_PER_USD, Reservation
 from llmwise import adb, metrics
 from llmwise.errors import ApplicationError, NotFound, NotPermitted
-from llmwise.http import run_db
+from llmwise.http import after_answer, run_db
 
 from .credentials import byok_providers_of, credential_for
 from .limits import Admission, LimitsSnapshot, limits_admit, limits_record, limits_release
@@ -205,8 +205,9 @@ def _log_row(
     category: str = "",
     cache_hit: bool = False,
     ttft_ms: int | None = None,
+    latency_ms: int | None = None,
 ) -> RequestLog:
-    """The request-log row of a call, not saved yet."""
+    """The request-log row of a call, not saved yet (``latency_ms``: by default until now)."""
     usage = result.usage if result is not None else Usage(0, 0)
     keep_text = api_key.retains_text  # the key's setting, else the organization's
     if not keep_text and "signals" in route:
@@ -234,7 +235,7 @@ def _log_row(
         usage_estimated=usage.estimated,
         cost_micros=cost,
         byok=byok,
-        latency_ms=_elapsed_ms(started),
+        latency_ms=_elapsed_ms(started) if latency_ms is None else latency_ms,
         upstream_ms=upstream_ms,
         ttft_ms=ttft_ms,
         route=route,
@@ -1038,36 +1039,49 @@ async def chat_call(
             )
         )
         raise
-    latency = _elapsed_ms(run.answered_at)
-    run.answered(member, latency)
-    assert run.gate is not None  # noqa: S101 - set by the answering attempt
-    await health.attempt_record(run.gate, error=None, latency_ms=latency, byok=member.byok)
+    upstream_latency = _elapsed_ms(run.answered_at)
+    run.answered(member, upstream_latency)
+    gate = run.gate
+    assert gate is not None  # noqa: S101 - set by the answering attempt
     model = member.model
     cost = cost_micros(model=model, usage=result.usage)
     log = prepared.log_for(run, chat, answered=True)
-    await _settle_answered(
-        after_response=False,
-        reservation=reservation,
-        cost=cost,
-        usage=result.usage,
-        http_status=200,
-        result=result,
-        **log,
-    )
-    await limits_record(
-        api_key=api_key,
-        usage=result.usage,
-        cost_micros=cost,
-        admission=prepared.admission,
-    )
-    if cache_key is not None and result.finish_reason in CACHEABLE_FINISH_REASONS:
-        await response_cache_put(cache_key, _cached(model, result), ttl_seconds=cache_ttl)
+    latency = _elapsed_ms(started)
+
+    async def book() -> None:
+        """Everything the answer does not wait for: health, money + log, counters, cache."""
+        await health.attempt_record(gate, error=None, latency_ms=upstream_latency, byok=member.byok)
+        await _settle_answered(
+            after_response=False,
+            reservation=reservation,
+            cost=cost,
+            usage=result.usage,
+            http_status=200,
+            result=result,
+            latency_ms=latency,
+            **log,
+        )
+        await limits_record(
+            api_key=api_key,
+            usage=result.usage,
+            cost_micros=cost,
+            admission=prepared.admission,
+        )
+        if cache_key is not None and result.finish_reason in CACHEABLE_FINISH_REASONS:
+            await response_cache_put(cache_key, _cached(model, result), ttl_seconds=cache_ttl)
+
+    if reservation is None or fan_out:
+        # Nothing held (BYOK) or part of a fan-out: booked before the answer, as its log row
+        # is then the only trace of the call (GET /api/v1/requests waits on held calls only).
+        await book()
+    else:
+        await after_answer(book)
     return ChatOutcome(
         request_id=request_id,
         model=model,
         result=result,
         cost_micros=cost,
-        latency_ms=_elapsed_ms(started),
+        latency_ms=latency,
         upstream_ms=run.upstream_ms,
         route=log["route"],
         limits=prepared.admission.snapshot,

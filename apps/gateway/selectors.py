@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from time import monotonic as time_monotonic
+from time import sleep
 
 from django.db.models import Q, QuerySet
 
 from apps.accounts.models import Organization
+from apps.wallet.models import Reservation
 from llmwise.errors import NotFound
 
 from .models import CatalogModel, ModelAlias, RequestLog
@@ -189,6 +191,37 @@ def request_log_of(*, org: Organization, request_id: str) -> RequestLog:
     if log is None:
         raise NotFound(f"No request {request_id!r} in this organization.", code="request_not_found")
     return log
+
+
+# A chat call is answered first and booked (settle + log) a moment later: see calls.chat_call.
+BOOKING_WAIT_SECONDS = 2.0
+
+
+def request_log_booked(
+    *, org: Organization, request_id: str, wait_seconds: float = BOOKING_WAIT_SECONDS
+) -> RequestLog:
+    """:func:`request_log_of`, waiting up to ``wait_seconds`` for a call whose credit is still
+    held: one answered an instant ago, its settle and log row on their way. Still held after
+    that (the provider has not answered yet): not found, saying the request is in progress."""
+    deadline = time_monotonic() + wait_seconds
+    pause = 0.005
+    while True:
+        try:
+            return request_log_of(org=org, request_id=request_id)
+        except NotFound:
+            held = Reservation.objects.filter(
+                organization=org, request_id=request_id, status=Reservation.Status.HELD
+            ).exists()
+            if not held:  # never held, or booked since the first look: one more look decides
+                return request_log_of(org=org, request_id=request_id)
+            if time_monotonic() >= deadline:
+                raise NotFound(
+                    f"Request {request_id!r} is still in progress: its record appears once it "
+                    "has been answered and billed.",
+                    code="request_in_progress",
+                ) from None
+            sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 # --- the enabled catalog, cached in-process for the auto-router --------------------------------

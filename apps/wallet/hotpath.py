@@ -36,6 +36,20 @@ from .models import Reservation
 logger = logging.getLogger("apps.wallet.services")
 
 _RESERVE = "SELECT out_reservation, out_wallet FROM llmwise_wallet_reserve(%s, %s, %s, %s, %s)"
+# The event loop's reserve commits without waiting for its WAL flush (``synchronous_commit``
+# off for that one transaction, set inside the statement): the hold is visible to every other
+# transaction at once, so it guards the balance exactly as before; it becomes durable within
+# PostgreSQL's WAL writer delay, or with the next synchronous commit, whichever comes first —
+# the call's own settle, which flushes the WAL up to itself, the hold included. Only a crash of
+# the database in that instant can lose a hold, together with its wallet update (the books stay
+# balanced): that call then finds no hold to settle and goes unbilled, as calls in flight do
+# when the database is gone. The settle, which moves money and writes the log, always waits
+# for its flush. On this machine the flush was most of a reserve's time (docs/architecture.md).
+_RESERVE_NO_FLUSH_WAIT = (
+    "SELECT r.out_reservation, r.out_wallet"
+    " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait,"
+    " llmwise_wallet_reserve(%s, %s, %s, %s, %s) AS r"
+)
 _SETTLE = (
     "SELECT out_status, out_settled, out_shortfall, out_alert, out_fresh"
     " FROM llmwise_reservation_settle(%s, %s, %s::jsonb, %s)"
@@ -185,7 +199,9 @@ async def areserve(
     now = timezone.now()
     expires_at = now + expires_in
     try:
-        cursor = await conn.execute(_RESERVE, [org_id, amount_micros, request_id, now, expires_at])
+        cursor = await conn.execute(
+            _RESERVE_NO_FLUSH_WAIT, [org_id, amount_micros, request_id, now, expires_at]
+        )
         row = await cursor.fetchone()
     except UniqueViolation:
         return None

@@ -415,6 +415,10 @@ GATEWAY_DB_THREADS: int = env.int("GATEWAY_DB_THREADS", default=8)
 # On PostgreSQL the chat calls' reserve and settle + log statements run from the event loop on
 # their own pool of this many connections per server process (llmwise/adb.py).
 GATEWAY_DB_CONNECTIONS: int = env.int("GATEWAY_DB_CONNECTIONS", default=8)
+# Those connections prepare their statements on the server (parsed and planned once per
+# connection). Switch off behind a pooler that cannot keep prepared statements apart per client
+# (PgBouncer in transaction mode before 1.21, or without max_prepared_statements).
+GATEWAY_DB_PREPARED_STATEMENTS: bool = env.bool("GATEWAY_DB_PREPARED_STATEMENTS", default=True)
 # How long a call's credit hold lives before the sweeper may free it (a worker killed mid-call).
 # Keep it above PROVIDER_TOTAL_TIMEOUT: a hold must outlive the longest call.
 GATEWAY_RESERVATION_TTL_SECONDS: int = env.int("GATEWAY_RESERVATION_TTL_SECONDS", default=900)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from django.conf import settings as django_settings
@@ -329,8 +330,16 @@ def test_journey_signup_buy_credit_key_sdk_call_and_see_it(live_app: LiveApp, pa
     completion = raw.parse()
     request_id = raw.headers["x-request-id"]
     assert completion.choices[0].message.content.startswith("Sandbox answer from ")
+    # The call is booked an instant after its answer: reconcile it as a client would (the
+    # request API waits for the record of a call whose credit is still held).
+    record = httpx.get(
+        f"{base}/api/v1/requests/{request_id}",
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
+    assert record.status_code == 200, record.text
     log = RequestLog.objects.get(request_id=request_id)
-    assert log.cost_micros > 0
+    assert record.json()["charged_micros"] == log.cost_micros > 0
     assert log.api_key == ApiKey.objects.get(organization=org, name="SDK key")
 
     # The request shows up in Usage & logs without a reload, with its cost; its detail page has

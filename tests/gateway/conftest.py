@@ -131,14 +131,36 @@ class LiveGateway:
 class _Served:
     """The app with the production server's lifespan set-up of its loop (``serving_start``:
     pooled upstream clients, the hot path's async database pool), without the embedded
-    services the full lifespan would also start."""
+    services the full lifespan would also start.
 
-    def __init__(self, app: Any) -> None:
+    ``booked_first``: a response's last body message is passed on only when the app is done
+    with the request. A chat call is billed and logged just after its answer has gone out
+    (``llmwise.http.after_answer``); this lets a test read the database as soon as its
+    response is complete. ``live_gateway_as_deployed`` serves without it, as production does
+    (``tests/gateway/test_after_answer.py``)."""
+
+    def __init__(self, app: Any, *, booked_first: bool = True) -> None:
         self.app = app
+        self.booked_first = booked_first
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         from llmwise.http import serving_start, serving_stop
 
+        if scope["type"] == "http" and self.booked_first:
+            last: list[Any] = []
+
+            async def send_but_last(message: Any) -> None:
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    last.append(message)
+                else:
+                    await send(message)
+
+            try:
+                await self.app(scope, receive, send_but_last)
+            finally:
+                for message in last:
+                    await send(message)
+            return
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
@@ -156,7 +178,19 @@ class _Served:
 @pytest.fixture(scope="session")
 def live_gateway() -> Iterator[LiveGateway]:
     """Our whole ASGI app served by uvicorn on a loopback port, in this process (so tests using
-    ``transactional_db`` share its database). Clients talk to it over real HTTP."""
+    ``transactional_db`` share its database). Clients talk to it over real HTTP. A response
+    ends once its call is booked (see :class:`_Served`)."""
+    yield from _serve(booked_first=True)
+
+
+@pytest.fixture(scope="session")
+def live_gateway_as_deployed() -> Iterator[LiveGateway]:
+    """:func:`live_gateway` with responses sent exactly as the production server sends them:
+    a chat call's answer ends before its settle and log row are written."""
+    yield from _serve(booked_first=False)
+
+
+def _serve(*, booked_first: bool) -> Iterator[LiveGateway]:
     import socket
     import threading
     import time
@@ -169,7 +203,11 @@ def live_gateway() -> Iterator[LiveGateway]:
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(
-        uvicorn.Config(_Served(get_asgi_application()), lifespan="on", log_level="warning")
+        uvicorn.Config(
+            _Served(get_asgi_application(), booked_first=booked_first),
+            lifespan="on",
+            log_level="warning",
+        )
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="live-gateway", daemon=True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.core import mail
@@ -19,7 +20,7 @@ from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from apps.wallet.services import InsufficientCredit
 from llmwise.errors import ApplicationError
 from tests.conftest import Personas
-from tests.wallet.conftest import usd
+from tests.wallet.conftest import needs_postgres, usd
 
 MINUTE = timedelta(minutes=1)
 
@@ -260,3 +261,83 @@ def test_same_workload_leaves_the_same_books_as_the_orm_services(
     assert books(fast) == books(slow)
     assert books(fast)[2] > 0  # the workload did spend
     _audit_ok()
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_event_loop_reserve_holds_at_once_and_leaves_later_commits_durable(
+    wallet: Wallet,
+) -> None:
+    """The event loop's reserve commits without waiting for its WAL flush, for its own
+    transaction only: the hold is there for every other session at once, and the next
+    statement on the same pooled connection (the settle, in a call) is back to waiting for its
+    flush."""
+    import asyncio
+
+    import psycopg
+
+    from llmwise import adb
+
+    async def reserve_then_look() -> tuple[Reservation | None, str]:
+        conn = await psycopg.AsyncConnection.connect(**adb._connect_kwargs())
+        try:
+            held = await hotpath.areserve(
+                conn,
+                org_id=wallet.organization_id,
+                amount_micros=usd(2),
+                request_id="loop-hold",
+                expires_in=MINUTE,
+            )
+            after = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+            assert after is not None
+            return held, after[0]
+        finally:
+            await conn.close()
+
+    held, after = asyncio.run(reserve_then_look())
+    assert held is not None
+    assert held.status == Reservation.Status.HELD
+    assert after == "on"
+    # Another session (this test's) sees the hold and the wallet it reduced.
+    stored = Reservation.objects.get(request_id="loop-hold")
+    assert (stored.pk, stored.amount_micros) == (held.pk, usd(2))
+    assert _reload(wallet).reserved_micros == usd(2)
+    hotpath.settle(reservation=stored, actual_micros=usd(1))
+    wallet = _reload(wallet)
+    assert (wallet.reserved_micros, wallet.available_micros) == (0, usd(9))
+    _audit_ok()
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepared", [True, False])
+def test_event_loop_pool_prepares_its_statements_unless_switched_off(
+    settings: Any, prepared: bool
+) -> None:
+    """The pool's connections prepare a statement on the server from its second run (planned
+    once per connection); ``GATEWAY_DB_PREPARED_STATEMENTS = False`` (behind a pooler that
+    cannot keep them) prepares nothing."""
+    import asyncio
+
+    from llmwise import adb
+
+    settings.GATEWAY_DB_PREPARED_STATEMENTS = prepared
+    statement = "SELECT count(*) FROM wallet_wallet WHERE id > %s"
+
+    async def run_twice_then_list() -> list[str]:
+        await adb.start()
+        try:
+
+            async def twice_then_list(conn: Any) -> list[str]:
+                for _ in range(2):
+                    await conn.execute(statement, [0])
+                cursor = await conn.execute("SELECT statement FROM pg_prepared_statements")
+                return [row[0] for row in await cursor.fetchall()]
+
+            listed: list[str] = await adb.run(twice_then_list)
+            return listed
+        finally:
+            await adb.stop()
+
+    listed = asyncio.run(run_twice_then_list())
+    assert any("wallet_wallet" in text for text in listed) is prepared
