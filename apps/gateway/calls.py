@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -56,7 +57,14 @@ from llmwise.errors import ApplicationError, NotFound, NotPermitted
 from llmwise.http import after_answer, run_db
 
 from .credentials import byok_providers_of, credential_for
-from .limits import Admission, LimitsSnapshot, limits_admit, limits_record, limits_release
+from .limits import (
+    Admission,
+    LimitsSnapshot,
+    limits_admit,
+    limits_record,
+    limits_release,
+    limits_roomy,
+)
 from .models import CatalogModel, ModelAlias, OrgGatewaySettings, RequestLog
 from .policy_selectors import SelectedPolicy, apolicy_for_cached
 from .pricing import cost_micros, prompt_tokens_estimate, reservation_micros, usage_estimate
@@ -85,6 +93,8 @@ from .routing.classifier import Classification, classify
 from .routing.mesh import STATUS_ERROR, Attempt, ChainRun, Member, mesh_alternatives
 from .routing.policies import AppliesTo, ExcludedModel, PolicyCatalog, policy_route
 from .selectors import acatalog_enabled_cached, acatalog_resolve
+
+logger = logging.getLogger(__name__)
 
 
 def _reservation_ttl() -> timedelta:
@@ -411,6 +421,48 @@ async def _hold_or_give_back(
         return await asyncio.shield(holding)
     except asyncio.CancelledError:
         holding.add_done_callback(_give_back)
+        raise
+
+
+async def _admit_while_holding(
+    admit: Callable[[], Awaitable[Admission]],
+    *,
+    api_key: ApiKey,
+    amount_micros: int,
+    request_id: str,
+) -> tuple[Admission, Reservation | None]:
+    """``admit()`` and the credit hold (when ``amount_micros``) side by side: the admission's
+    counters round trip and the hold's database round trip overlap. Whichever refuses, the
+    other is given back before the refusal is raised (a refused admission wins, as when they
+    run one after the other); a caller that goes away gets both given back all the same."""
+    if not amount_micros:
+        return await admit(), None
+    holding = asyncio.ensure_future(
+        _hold(api_key=api_key, amount_micros=amount_micros, request_id=request_id)
+    )
+    try:
+        admission = await admit()
+    except asyncio.CancelledError:
+        holding.add_done_callback(_give_back)
+        raise
+    except BaseException:
+        # Refused: release the hold once it has landed (if it did), then say why.
+        try:
+            held: Reservation | None = await asyncio.shield(holding)
+        except Exception:
+            held = None  # nothing was held (short credit as well, say)
+        if held is not None:
+            try:
+                await asyncio.shield(run_db(wallet.reservation_release, reservation=held))
+            except Exception:
+                logger.exception("hold of refused call %s left to the sweeper", request_id)
+        raise
+    try:
+        return admission, await asyncio.shield(holding)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            holding.add_done_callback(_give_back)
+        await asyncio.shield(limits_release(api_key=api_key, admission=admission))
         raise
 
 
@@ -887,39 +939,56 @@ async def _prepare(
 
     # Limits hold the worst case of the chain: whichever member answers, it fits.
     costliest = max(range(len(models)), key=worst)
-    admission = await limits_admit(
-        api_key=api_key,
-        prompt_tokens=prompt_tokens,
-        max_tokens=max(u.max_tokens or 0 for u in upstreams),
-        model=models[costliest],
-    )
-    try:
+
+    async def admit() -> Admission:
+        return await limits_admit(
+            api_key=api_key,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max(u.max_tokens or 0 for u in upstreams),
+            model=models[costliest],
+        )
+
+    async def chain_of() -> list[Member]:
         credentials = {}
         for provider in dict.fromkeys(m.provider for m in models):
             credentials[provider] = await credential_for(
                 org=api_key.organization, provider=provider
             )
-        chain = [
+        return [
             Member(model=m, credential=credentials[m.provider], upstream=u)
             for m, u in zip(models, upstreams, strict=True)
         ]
+
+    def billed(chain: list[Member]) -> int:
         # One hold per request, covering the costliest member we would pay for: BYOK members
         # cost the wallet nothing, so a chain of them holds nothing at all.
-        billed = [worst(i) for i, member in enumerate(chain) if not member.byok]
-        reservation = None
-        if billed and parent_hold is not None:
-            # Part of a fan-out: carve this call's hold out of the fan-out's single reservation.
-            reservation = await run_db(
-                _split, parent_hold=parent_hold, amount_micros=max(billed), request_id=request_id
-            )
-        elif billed:
-            reservation = await _hold_or_give_back(
-                api_key=api_key, amount_micros=max(billed), request_id=request_id
-            )
-    except BaseException:
-        # Refused after admission (no credit, no provider key): give back the limit holds.
-        await asyncio.shield(limits_release(api_key=api_key, admission=admission))
-        raise
+        return max((worst(i) for i, member in enumerate(chain) if not member.byok), default=0)
+
+    if parent_hold is None and limits_roomy(api_key):
+        # Admission is all but certain: hold the credit while the counters decide.
+        chain = await chain_of()
+        admission, reservation = await _admit_while_holding(
+            admit, api_key=api_key, amount_micros=billed(chain), request_id=request_id
+        )
+    else:
+        admission = await admit()
+        try:
+            chain = await chain_of()
+            amount = billed(chain)
+            reservation = None
+            if amount and parent_hold is not None:
+                # Part of a fan-out: carve this call's hold out of the fan-out's reservation.
+                reservation = await run_db(
+                    _split, parent_hold=parent_hold, amount_micros=amount, request_id=request_id
+                )
+            elif amount:
+                reservation = await _hold_or_give_back(
+                    api_key=api_key, amount_micros=amount, request_id=request_id
+                )
+        except BaseException:
+            # Refused after admission (no credit, no provider key): give back the limit holds.
+            await asyncio.shield(limits_release(api_key=api_key, admission=admission))
+            raise
     log: dict[str, Any] = {
         "api_key": api_key,
         "chat": chat,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -285,6 +286,7 @@ async def limits_admit(
         raise
     snapshot = _snapshot(limits, taken)
     refused = taken.refused
+    _note_room(api_key, taken.states, refused=taken.refused_index is not None)
     if taken.refused_index is not None and refused is not None:
         await _spend_release(store, api_key=api_key, micros=held)
         limit = limits[taken.refused_index]
@@ -303,6 +305,34 @@ async def limits_admit(
         spend_held_micros=held,
         snapshot=snapshot,
     )
+
+
+# Keys (by prefix) whose last admission left room in every window. For these the call service
+# may write the credit hold while admission is still being decided, instead of after it: the
+# two waits overlap. A key near or at a limit is admitted first, so a client hammering past its
+# limit is refused by the counters alone, without a database write per refused request.
+ROOM_FRACTION = 0.25  # at least this share of every window left (and ROOM_MIN_LEFT)
+ROOM_MIN_LEFT = 2
+ROOM_KEYS_MAX = 10_000  # bounded memory: forgotten all at once when full
+_roomy: dict[str, bool] = {}
+
+
+def _note_room(api_key: ApiKey, states: Sequence[WindowState], *, refused: bool) -> None:
+    roomy = not refused and all(
+        state.limit is None
+        or (state.remaining or 0) >= max(ROOM_MIN_LEFT, state.limit * ROOM_FRACTION)
+        for state in states
+    )
+    if len(_roomy) >= ROOM_KEYS_MAX and api_key.prefix not in _roomy:
+        _roomy.clear()
+    _roomy[api_key.prefix] = roomy
+
+
+def limits_roomy(api_key: ApiKey) -> bool:
+    """Whether admission is all but certain for ``api_key``: counted limits only (no spend cap,
+    whose check reads the spend), and its last admission in this process left room in every
+    window (see ``ROOM_FRACTION``). A key this process has not admitted yet is not roomy."""
+    return api_key.spend_cap_micros is None and _roomy.get(api_key.prefix, False)
 
 
 async def limits_record(

@@ -550,3 +550,67 @@ def test_unreachable_counters_limit_per_process(
     second = _post(secret)
     assert second.status_code == 429
     assert second.json()["error"]["code"] == "rate_limit_rpm"
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
+def test_a_roomy_key_holds_credit_during_admission_and_a_refusal_gives_it_back(
+    personas: Personas, gateway: SandboxServer, settings: Any
+) -> None:
+    """With room left in every window at its last admission, a key's credit hold is written
+    while the counters decide (the two round trips overlap). Refused after all (its limit was
+    lowered meanwhile): the hold is released before the 429 goes out, nothing charged. From then
+    on the key is admitted first, so refusals write nothing to the database."""
+    settings.GATEWAY_ORG_RPM = 0
+    settings.GATEWAY_ORG_TPM = 0
+    wallet = _fund(personas.org)
+    secret, key = _key(personas, rpm_limit=10)
+    first, second = _post(secret), _post(secret)
+    assert (first.status_code, second.status_code) == (200, 200)
+    balance = Wallet.objects.get(pk=wallet.pk).balance_micros
+
+    _change_key(key, rpm_limit=2)
+    refused = _post(secret)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_rpm"
+    # Held while admission was decided, then given back: a released hold, no charge, no log.
+    hold = Reservation.objects.get(request_id=refused["x-request-id"])
+    assert hold.status == Reservation.Status.RELEASED
+    assert not RequestLog.objects.filter(request_id=refused["x-request-id"]).exists()
+    wallet.refresh_from_db()
+    assert (wallet.balance_micros, wallet.reserved_micros) == (balance, 0)
+
+    again = _post(secret)
+    assert again.status_code == 429
+    assert not Reservation.objects.filter(request_id=again["x-request-id"]).exists()
+    _audit_ok()
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
+def test_a_roomy_key_short_of_credit_gets_402_and_its_admission_back(
+    personas: Personas, gateway: SandboxServer, settings: Any
+) -> None:
+    settings.GATEWAY_ORG_RPM = 0
+    settings.GATEWAY_ORG_TPM = 0
+    wallet = _fund(personas.org)
+    secret, key = _key(personas, rpm_limit=10, tpm_limit=100_000)
+    assert _post(secret, max_tokens=20).status_code == 200
+    # Take the credit back: the next call's hold (written during its admission) is refused.
+    wallet.refresh_from_db()
+    wallet_services.wallet_grant(
+        wallet=wallet, amount_micros=-wallet.available_micros, note="taken back"
+    )
+    short = _post(secret, max_tokens=20)
+    assert short.status_code == 402
+    assert short.json()["error"]["code"] == "insufficient_credit"
+    assert not Reservation.objects.filter(request_id=short["x-request-id"]).exists()
+    # The admission's token hold was given back: only the first call's real usage is counted.
+    log = RequestLog.objects.get()
+    state = asyncio.run(
+        counters().peek(
+            f"key:{key.prefix}:tpm", window_seconds=settings.GATEWAY_LIMITS_WINDOW_SECONDS
+        )
+    )
+    assert state.used == log.prompt_tokens + log.completion_tokens
+    _audit_ok()
