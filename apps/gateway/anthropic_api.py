@@ -267,7 +267,9 @@ async def _sse(
     # message_start must go out before the upstream reports usage: an estimate, corrected by the
     # cumulative totals in message_delta (the SDK overwrites it).
     estimate = prompt_tokens_estimate(messages=chat.messages)
-    yield _event(
+    # The three opening events go out in one write with the first delta (and the three closing
+    # ones together): the same events, fewer packets before the first token.
+    pending = _event(
         "message_start",
         {
             "type": "message_start",
@@ -283,17 +285,17 @@ async def _sse(
             },
         },
     )
-    yield _event(
+    pending += _event(
         "content_block_start",
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     )
-    yield _event("ping", {"type": "ping"})
+    pending += _event("ping", {"type": "ping"})
     finish_reason = "stop"
     try:
         event = first
         while event is not None:
             if event.text:
-                yield _event(
+                yield pending + _event(
                     "content_block_delta",
                     {
                         "type": "content_block_delta",
@@ -301,20 +303,21 @@ async def _sse(
                         "delta": {"type": "text_delta", "text": event.text},
                     },
                 )
+                pending = b""
             if event.finish_reason is not None:
                 finish_reason = event.finish_reason
             event = await anext(events, None)
     except ENVELOPE_ERRORS as caught:
         # The database failing as the call settles is an error of ours, in the same envelope.
         exc = as_application_error(caught)
-        yield _event("error", anthropic_error_body(exc, request_id=stream.request_id))
+        yield pending + _event("error", anthropic_error_body(exc, request_id=stream.request_id))
         return
     finally:
         # Settles right away if the client went away mid-stream.
         await events.aclose()
     usage: Usage = stream.outcome.get("usage") or Usage(estimate, 0, estimated=True)
-    yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield _event(
+    pending += _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    pending += _event(
         "message_delta",
         {
             "type": "message_delta",
@@ -322,7 +325,7 @@ async def _sse(
             "usage": _usage(usage),
         },
     )
-    yield _event("message_stop", {"type": "message_stop"})
+    yield pending + _event("message_stop", {"type": "message_stop"})
 
 
 @csrf_exempt

@@ -259,19 +259,24 @@ async def _sse(
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         return _sse_data({**base, "choices": [choice]})
 
-    yield chunk({"role": "assistant", "content": ""})
+    # The role chunk goes out in one write with the first event's (and the last chunks in one
+    # write together): the same events, fewer packets before the first token.
+    pending = chunk({"role": "assistant", "content": ""})
     try:
         event = first
         while event is not None:
+            out, pending = pending, b""
             if event.text:
-                yield chunk({"content": event.text})
+                out += chunk({"content": event.text})
             if event.finish_reason is not None:
-                yield chunk({}, event.finish_reason)
+                out += chunk({}, event.finish_reason)
+            if out:
+                yield out
             event = await anext(stream.events, None)
     except ENVELOPE_ERRORS as caught:
         # The database failing as the call settles is an error of ours, in the same envelope.
         exc = as_application_error(caught)
-        yield _sse_data(
+        yield pending + _sse_data(
             error_body(
                 message=exc.message,
                 error_type=exc.error_type,
@@ -284,7 +289,7 @@ async def _sse(
         return
     usage = stream.outcome.get("usage")
     if include_usage and usage is not None:
-        yield _sse_data(
+        pending += _sse_data(
             {
                 **base,
                 "choices": [],
@@ -298,7 +303,7 @@ async def _sse(
                 },
             }
         )
-    yield _sse_data("[DONE]")
+    yield pending + _sse_data("[DONE]")
 
 
 def llmwise_body(outcome: calls.ChatOutcome) -> dict[str, Any]:
