@@ -82,7 +82,7 @@ class RequestIdMiddleware(DualModeMiddleware):
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         response["x-request-id"] = request.request_id  # type: ignore[attr-defined]
         metrics.http_response(request, response.status_code)
-        client_id = request.headers.get("x-request-id", "")
+        client_id = request.META.get("HTTP_X_REQUEST_ID", "")  # no HttpHeaders built
         if _CLIENT_ID.match(client_id):
             response["x-client-request-id"] = client_id
         return response

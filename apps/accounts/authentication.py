@@ -52,7 +52,22 @@ class ApiKeyPrincipal:
 BEARER_HINT = "Use 'Authorization: Bearer <your LLMWise API key>'."
 
 
-def api_key_secret(headers: Mapping[str, str]) -> str:
+class MetaHeaders:
+    """``request.headers.get`` for a few names, read straight from ``request.META``. Django
+    builds the whole ``HttpHeaders`` mapping on first use of ``request.headers``; a chat call
+    reads two headers and need not pay for the rest."""
+
+    __slots__ = ("meta",)
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.meta = request.META
+
+    def get(self, name: str, default: str = "") -> str:
+        value: str = self.meta.get("HTTP_" + name.upper().replace("-", "_"), default)
+        return value
+
+
+def api_key_secret(headers: Mapping[str, str] | MetaHeaders) -> str:
     """The API key a request carries: ``Authorization: Bearer …``, else ``x-api-key`` (the
     Anthropic SDK's header, accepted on every endpoint); '' when there is none. Another
     Authorization scheme raises :class:`Unauthenticated`. Shared by the DRF endpoints and the

@@ -35,6 +35,7 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.db import (
+    DEFAULT_DB_ALIAS,
     IntegrityError,
     InterfaceError,
     OperationalError,
@@ -286,7 +287,7 @@ def _log_values(row: RequestLog) -> list[Any]:
 def _saved(row: RequestLog, pk: int) -> RequestLog:
     row.pk = pk
     row._state.adding = False
-    row._state.db = connection.alias
+    row._state.db = DEFAULT_DB_ALIAS  # not connection.alias: see hotpath._held
     return row
 
 
@@ -547,6 +548,7 @@ class _Prepared:
             "byok": member.byok,
             "upstream_ms": run.upstream_ms,
             "route": self.routing.explain(route),
+            "category": str(self.routing.classification.category),
         }
 
 
@@ -596,24 +598,37 @@ def _check_max_tokens(models: list[CatalogModel], chat: ChatInput) -> None:
 
 
 # --- routing: which chain a request gets ---------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class _Routing:
     """The chain a request will walk and why, decided before anything is reserved.
 
     ``info`` is what the route explanation adds to the mesh's own (``requested``, ``chosen``,
     ``attempts``, ``chain``): ``reason`` when something other than the request chose the model,
-    ``category``/``complexity`` always, ``signals``/``tier`` for the auto-router, ``policy``.
+    ``signals``/``tier`` for the auto-router, ``policy``; ``category``/``complexity`` (the
+    classification) always. A request that names its model is classified only for its log and
+    route, so only when those are written: for a stream, after its first token went out.
     """
 
     models: list[CatalogModel]
-    classification: Classification
     info: dict[str, Any]
+    messages: tuple[ChatMessage, ...]
     deadline_s: float | None = None  # the policy's latency budget, for the walk to an answer
+    decided_by: Classification | None = None  # set when the classification chose the chain
+
+    @functools.cached_property
+    def classification(self) -> Classification:
+        return self.decided_by or classify(self.messages)
 
     def explain(self, route: dict[str, Any]) -> dict[str, Any]:
         """The mesh's route with the routing decision merged in."""
         reason = self.info.get("reason")
-        merged = {**route, **{k: v for k, v in self.info.items() if k != "reason"}}
+        classification = self.classification
+        merged = {
+            **route,
+            "category": str(classification.category),
+            "complexity": str(classification.complexity),
+            **{k: v for k, v in self.info.items() if k != "reason"},
+        }
         if reason is not None:
             fell_back = route.get("reason") == "fallback"
             merged["reason"] = f"{reason}; answered by a fallback" if fell_back else reason
@@ -733,18 +748,16 @@ async def _route(*, api_key: ApiKey, chat: ChatInput, fan_out: bool = False) -> 
     reroute them; a policy the request names itself still applies.
     """
     org = api_key.organization
-    classification = classify(chat.messages)
     prompt_tokens = prompt_tokens_estimate(messages=chat.messages)
-    info: dict[str, Any] = {
-        "category": str(classification.category),
-        "complexity": str(classification.complexity),
-    }
+    info: dict[str, Any] = {}
     selected = None
     if chat.policy or not fan_out:
         selected = await apolicy_for_cached(org=org, api_key=api_key, requested_name=chat.policy)
     deadline_s = None
+    classification = None  # classified here only when it decides the chain
     if selected is None:
         if chat.model == AUTO_MODEL:
+            classification = classify(chat.messages)
             decision = await _auto(
                 api_key=api_key,
                 chat=chat,
@@ -758,6 +771,7 @@ async def _route(*, api_key: ApiKey, chat: ChatInput, fan_out: bool = False) -> 
         else:
             models = await _chain_models(api_key=api_key, chat=chat)
     else:
+        classification = classify(chat.messages)
         models, deadline_s = await _route_by_policy(
             api_key=api_key,
             chat=chat,
@@ -767,7 +781,13 @@ async def _route(*, api_key: ApiKey, chat: ChatInput, fan_out: bool = False) -> 
             info=info,
         )
     _check_max_tokens(models, chat)
-    return _Routing(models=models, classification=classification, info=info, deadline_s=deadline_s)
+    return _Routing(
+        models=models,
+        info=info,
+        messages=chat.messages,
+        deadline_s=deadline_s,
+        decided_by=classification,
+    )
 
 
 async def _route_by_policy(
@@ -996,7 +1016,6 @@ async def _prepare(
         "endpoint": endpoint,
         "started": started,
         "parent_request_id": parent_request_id,
-        "category": str(routing.classification.category),
     }
     return _Prepared(
         chain=chain, reservation=reservation, log=log, admission=admission, routing=routing
@@ -1300,8 +1319,9 @@ async def _from_cache(
 class ChatStream:
     """An accepted streaming call: credit is held; iterate ``events``.
 
-    ``model``, ``byok`` and ``route`` describe the requested model until the first event has been
-    pulled; from then on the member of the chain that answers (failover happens before it).
+    ``model`` and ``byok`` describe the requested model until the first event has been pulled;
+    from then on the member of the chain that answers (failover happens before it). ``route`` is
+    complete from the second event on (it is worked out once the first is out): read it at the end.
     However the iteration ends — the final event, an upstream error, or the client going away
     (the generator is closed or cancelled) — the call is settled for the text that was streamed
     (provider-reported usage when there is one, an estimate marked as such otherwise) and logged.
@@ -1343,9 +1363,8 @@ async def chat_stream(
         model=primary.model,
         # Set just below: the generator updates the stream it belongs to.
         events=cast(AsyncIterator[StreamEvent], None),
-        route=prepared.routing.explain(
-            {"requested": chat.model, "chosen": primary.model.id, "reason": "requested"}
-        ),
+        # Explained in full (classification included) once the first token is out.
+        route={"requested": chat.model, "chosen": primary.model.id, "reason": "requested"},
         limits=prepared.admission.snapshot,
         byok=primary.byok,
     )
@@ -1401,10 +1420,7 @@ async def _stream_events(
         # In the background: the first byte to the client must not wait for the counters.
         health.attempt_record_later(run.gate, error=None, latency_ms=latency, byok=member.byok)
         stream.model, stream.byok = member.model, member.byok
-        stream.route.clear()
-        stream.route.update(
-            prepared.routing.explain(run.route(requested=chat.model, chosen=member.model))
-        )
+        explained = False
         async with aclosing(upstream) as events:
             event: StreamEvent | None = first
             while event is not None:
@@ -1414,6 +1430,16 @@ async def _stream_events(
                     finish_reason = event.finish_reason
                     usage = event.usage
                 yield event
+                if not explained:
+                    # Once the first token is out: the route, classification included, is only
+                    # read when the stream ends.
+                    stream.route.clear()
+                    stream.route.update(
+                        prepared.routing.explain(
+                            run.route(requested=chat.model, chosen=member.model)
+                        )
+                    )
+                    explained = True
                 event = await anext(events, None)
     except ProviderError as exc:
         # After the first event (mid-stream): no failover, the answer already started.

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.accounts.authentication import api_key_secret, client_ip
+from apps.accounts.authentication import MetaHeaders, api_key_secret, client_ip
 from apps.accounts.models import ApiKey
 from apps.accounts.services import api_key_authenticate_cached, api_key_authenticate_limited
 from llmwise.errors import (
@@ -66,7 +66,7 @@ def _bad(message: str, param: str | None = None) -> ApplicationError:
 
 async def authenticate(request: HttpRequest) -> ApiKey:
     """The usable API key of ``Authorization: Bearer lw-…`` (or ``x-api-key``), or 401."""
-    secret = api_key_secret(request.headers)
+    secret = api_key_secret(MetaHeaders(request))
     if not secret:
         raise Unauthenticated("No API key: send 'Authorization: Bearer <your LLMWise API key>'.")
     ip = client_ip(request)

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.utils import timezone
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
@@ -116,7 +116,9 @@ def _held(
         expires_at=expires_at,
     )
     held._state.adding = False
-    held._state.db = connection.alias
+    # Not ``connection.alias``: on the event loop each request's context would build its own
+    # connection object (asgiref's Local) just to answer "default".
+    held._state.db = DEFAULT_DB_ALIAS
     return held
 
 

@@ -313,8 +313,11 @@ def test_stream_is_deltas_then_done_with_usage_cost_and_route(
     assert (done["model"], done["finish_reason"]) == (MODEL, "stop")
     assert done["usage"]["completion_tokens"] > 0
     assert done["route"]["chosen"] == MODEL
+    # The route is worked out once the first token is out; the final event has all of it.
+    assert (done["route"]["category"], done["route"]["reason"]) == ("summarization", "requested")
     assert done["latency_ms"] >= 0
     log = _wait_for_log(done["id"])
+    assert (log.category, log.route["category"]) == ("summarization", "summarization")
     assert (log.endpoint, log.stream, log.completion) == ("native.chat", True, text)
     assert done["cost"]["micros"] == log.cost_micros > 0
     assert done["cost"]["charged"] is True
