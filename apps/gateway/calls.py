@@ -13,7 +13,8 @@ attempts produced nothing and cost nothing. Every attempt is in ``route.attempts
 Which chain a request gets is decided by :func:`_route` (see docs/routing.md "How a request is
 routed"): the routing policy it runs under (named in the body, pinned to the key, or the org's
 default), else ``model: "auto"`` (classifier + auto-router), else the model it names with its
-fallbacks. Every request is classified (microseconds) so its log row carries a task category.
+fallbacks. Every request is classified so its log row carries a task category; when the
+classification decides nothing (a named model, no policy) only once the log or route needs it.
 
 Every path out of :func:`chat_call` after the reservation — success, provider error, a bug, or a
 cancelled client — settles or releases the hold and writes the request log, so no reservation is
@@ -1409,6 +1410,8 @@ async def _stream_events(
     error: ApplicationError | None = None
     member: Member | None = None
     ttft_ms: int | None = None
+    latency = 0
+    explained = False  # health and route, worked out once the first token is out
     try:
         member, (upstream, first) = await _walk(
             run, _stream_open, deadline_s=prepared.routing.deadline_s
@@ -1417,10 +1420,7 @@ async def _stream_events(
         ttft_ms = _elapsed_ms(prepared.log["started"])
         run.answered(member, latency)
         assert run.gate is not None  # noqa: S101 - set by the answering attempt
-        # In the background: the first byte to the client must not wait for the counters.
-        health.attempt_record_later(run.gate, error=None, latency_ms=latency, byok=member.byok)
         stream.model, stream.byok = member.model, member.byok
-        explained = False
         async with aclosing(upstream) as events:
             event: StreamEvent | None = first
             while event is not None:
@@ -1431,15 +1431,18 @@ async def _stream_events(
                     usage = event.usage
                 yield event
                 if not explained:
-                    # Once the first token is out: the route, classification included, is only
-                    # read when the stream ends.
+                    # Once the first token is out: the provider's health (in the background),
+                    # and the route, classification included, which is read when the stream ends.
+                    explained = True
+                    health.attempt_record_later(
+                        run.gate, error=None, latency_ms=latency, byok=member.byok
+                    )
                     stream.route.clear()
                     stream.route.update(
                         prepared.routing.explain(
                             run.route(requested=chat.model, chosen=member.model)
                         )
                     )
-                    explained = True
                 event = await anext(events, None)
     except ProviderError as exc:
         # After the first event (mid-stream): no failover, the answer already started.
@@ -1454,6 +1457,9 @@ async def _stream_events(
         error = CALL_ABORTED
         raise
     finally:
+        if member is not None and not explained and run.gate is not None:
+            # Answered, but the stream ended at its first event (the client went away, say).
+            health.attempt_record_later(run.gate, error=None, latency_ms=latency, byok=member.byok)
         streamed = "".join(texts)
         if member is not None and usage is None and (streamed or error is None):
             usage = usage_estimate(messages=chat.messages, completion_text=streamed)

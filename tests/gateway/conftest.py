@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from apps.gateway.models import RequestLog
 from apps.gateway.providers.adapter import ProviderAdapter
 from apps.gateway.providers.base import ChatMessage, ChatRequest
 from apps.gateway.providers.registry import adapter_for
@@ -226,3 +228,23 @@ def _serve(*, booked_first: bool) -> Iterator[LiveGateway]:
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+
+
+def wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:
+    """The request-log row of a call the live server is still finishing (a stream settles after
+    its last byte, or when its client left). SQLite's in-memory test database answers "table
+    is locked" to a read while the server thread writes: that is a reason to look again."""
+    from django.db import OperationalError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            log = RequestLog.objects.filter(request_id=request_id).first()
+        except OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            log = None
+        if log is not None:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"no request log for {request_id}")

@@ -8,7 +8,6 @@ OpenAI models, since this endpoint reaches any catalog model whatever its provid
 from __future__ import annotations
 
 import json
-import time
 from io import StringIO
 from typing import Any
 
@@ -25,7 +24,7 @@ from apps.gateway.sandbox import SandboxServer
 from apps.wallet import services as wallet_services
 from apps.wallet.models import Reservation, Wallet
 from tests.conftest import Personas
-from tests.gateway.conftest import LiveGateway
+from tests.gateway.conftest import LiveGateway, wait_for_log
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
@@ -61,16 +60,6 @@ def _balance(org: Any) -> int:
 
 def _audit_ok() -> None:
     call_command("wallet_audit", stdout=StringIO(), stderr=StringIO())
-
-
-def _wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = RequestLog.objects.filter(request_id=request_id).first()
-        if log is not None:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"no request log for {request_id}")
 
 
 def _body(content: str = "What is the capital of France?", **fields: Any) -> dict[str, Any]:
@@ -146,7 +135,7 @@ def test_sdk_stream_speaks_anthropic_events_and_bills_the_usage(
     assert final.content[0].type == "text"
     assert final.content[0].text == text
     assert final.stop_reason == "end_turn"
-    log = _wait_for_log(final.id.removeprefix("msg_"))
+    log = wait_for_log(final.id.removeprefix("msg_"))
     assert log.completion == text
     assert (final.usage.input_tokens, final.usage.output_tokens) == (
         log.prompt_tokens,
@@ -228,7 +217,7 @@ def test_sdk_stream_midstream_drop_raises_and_bills_what_was_streamed(
     body = failed.value.body
     assert body["type"] == "error"  # type: ignore[index]
     assert body["error"]["provider"] == "anthropic"  # type: ignore[index]
-    log = _wait_for_log(body["request_id"])  # type: ignore[index]
+    log = wait_for_log(body["request_id"])  # type: ignore[index]
     assert (log.status, log.usage_estimated) == ("error", True)
     assert log.cost_micros > 0
     assert _balance(personas.org) == FUNDS - log.cost_micros

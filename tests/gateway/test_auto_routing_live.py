@@ -8,7 +8,6 @@ rather than hard-coded.
 from __future__ import annotations
 
 import json
-import time
 from io import StringIO
 from typing import Any
 
@@ -30,7 +29,7 @@ from apps.gateway.selectors import catalog_cache_clear
 from apps.wallet import services as wallet_services
 from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from tests.conftest import Personas
-from tests.gateway.conftest import FaultControl, LiveGateway
+from tests.gateway.conftest import FaultControl, LiveGateway, wait_for_log
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
@@ -107,17 +106,6 @@ def _tier_by_price(tier: str) -> list[str]:
         key=lambda m: (m.input_price_micros_per_mtok + m.output_price_micros_per_mtok, m.id),
     )
     return [m.id for m in ranked]
-
-
-def _wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:
-    """A stream settles after its last byte went out: wait for its log row."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = RequestLog.objects.filter(request_id=request_id).first()
-        if log is not None:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"no request log for {request_id}")
 
 
 def _cost(body: dict[str, Any], model_id: str) -> int:
@@ -287,7 +275,7 @@ def test_auto_on_the_native_stream_explains_the_route_in_done(
     assert done["route"]["category"] == "classification"
     assert done["route"]["tier"] == "budget"
     assert response.headers["x-llmwise-model"] == done["model"] == _tier_by_price("budget")[0]
-    log = _wait_for_log(done["id"])
+    log = wait_for_log(done["id"])
     assert (log.stream, log.category, log.requested_model) == (True, "classification", "auto")
     assert log.route["tier"] == "budget"
     _audit_ok()

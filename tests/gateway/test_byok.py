@@ -8,7 +8,6 @@ received, so the tests can prove the stored key is the one sent.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
@@ -33,7 +32,7 @@ from apps.gateway.sandbox.app import SandboxApp
 from apps.wallet import services as wallet_services
 from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from tests.conftest import Personas
-from tests.gateway.conftest import LiveGateway
+from tests.gateway.conftest import LiveGateway, wait_for_log
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
@@ -122,17 +121,6 @@ def _chat(api_key: str, model: str = MODEL, **fields: Any) -> Any:
 
 def _audit_ok() -> None:
     call_command("wallet_audit", stdout=StringIO(), stderr=StringIO())
-
-
-def _wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:
-    """A stream settles after its last byte went out: wait for its log row."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = RequestLog.objects.filter(request_id=request_id).first()
-        if log is not None:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"no request log for {request_id}")
 
 
 def _raw_rows() -> list[tuple[Any, ...]]:
@@ -450,7 +438,7 @@ def test_byok_stream_charges_nothing(
         request_id = response.headers["x-request-id"]
     assert "data: [DONE]" in lines
     assert received == [SECRET]
-    log = _wait_for_log(request_id)
+    log = wait_for_log(request_id)
     assert (log.byok, log.status) == (True, "ok")
     assert log.cost_micros > 0
     wallet.refresh_from_db()

@@ -27,7 +27,7 @@ from apps.gateway.sandbox import SandboxServer
 from apps.wallet import services as wallet_services
 from apps.wallet.models import Reservation, Wallet
 from tests.conftest import Personas
-from tests.gateway.conftest import FaultControl, LiveGateway
+from tests.gateway.conftest import FaultControl, LiveGateway, wait_for_log
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
@@ -429,16 +429,6 @@ def _sse(response: httpx.Response) -> list[Any]:
     return out
 
 
-def _wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = RequestLog.objects.filter(request_id=request_id).first()
-        if log is not None:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"no request log for {request_id}")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_stream_fails_over_before_its_first_token(
     personas: Personas, faults: FaultControl, live_gateway: LiveGateway
@@ -467,7 +457,7 @@ def test_a_stream_fails_over_before_its_first_token(
         (PRIMARY, "error", "upstream_overloaded"),
         (SECOND, "ok", ""),
     ]
-    log = _wait_for_log(response.headers["x-request-id"])
+    log = wait_for_log(response.headers["x-request-id"])
     assert (log.model, log.status, log.cost_micros) == (SECOND, "ok", llmwise["cost_micros"])
     assert _statuses(log.route) == _statuses(llmwise["route"])
     wallet.refresh_from_db()
@@ -495,7 +485,7 @@ def test_a_stream_that_started_is_never_failed_over(
         events = _sse(response)
     assert events[-1]["error"]["code"] == "upstream_stream_interrupted"
     assert sandbox.app.chat_calls == before + 1  # no second answer spliced onto the first
-    log = _wait_for_log(response.headers["x-request-id"])
+    log = wait_for_log(response.headers["x-request-id"])
     assert (log.model, log.status) == (PRIMARY, "error")
     assert log.cost_micros > 0  # billed for the text that was streamed
     _audit_ok()
@@ -514,7 +504,7 @@ def test_a_stream_with_every_provider_down_is_one_503(
     )
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "all_providers_failed"
-    log = _wait_for_log(response.headers["x-request-id"])
+    log = wait_for_log(response.headers["x-request-id"])
     assert (log.http_status, log.cost_micros) == (503, 0)
     wallet.refresh_from_db()
     assert (wallet.balance_micros, wallet.reserved_micros) == (FUNDS, 0)

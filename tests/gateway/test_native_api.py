@@ -7,7 +7,6 @@ the SSE bytes are real. Every provider call goes over real HTTP to the sandbox u
 from __future__ import annotations
 
 import json
-import time
 from decimal import Decimal
 from io import StringIO
 from typing import Any
@@ -25,7 +24,7 @@ from apps.gateway.sandbox import SandboxServer
 from apps.wallet import services as wallet_services
 from apps.wallet.models import Reservation, Wallet
 from tests.conftest import Personas
-from tests.gateway.conftest import LiveGateway
+from tests.gateway.conftest import LiveGateway, wait_for_log
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
@@ -79,16 +78,6 @@ def _sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
         elif line.startswith("data: "):
             events.append((name, json.loads(line.removeprefix("data: "))))
     return events
-
-
-def _wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = RequestLog.objects.filter(request_id=request_id).first()
-        if log is not None:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"no request log for {request_id}")
 
 
 # --- JSON ------------------------------------------------------------------------------------
@@ -316,7 +305,7 @@ def test_stream_is_deltas_then_done_with_usage_cost_and_route(
     # The route is worked out once the first token is out; the final event has all of it.
     assert (done["route"]["category"], done["route"]["reason"]) == ("summarization", "requested")
     assert done["latency_ms"] >= 0
-    log = _wait_for_log(done["id"])
+    log = wait_for_log(done["id"])
     assert (log.category, log.route["category"]) == ("summarization", "summarization")
     assert (log.endpoint, log.stream, log.completion) == ("native.chat", True, text)
     assert done["cost"]["micros"] == log.cost_micros > 0
@@ -351,7 +340,7 @@ def test_midstream_drop_ends_with_an_error_event_and_bills_what_was_streamed(
     assert name == "error"
     assert error["error"]["provider"] == "openai"
     assert error["error"]["request_id"] == response.headers["x-request-id"]
-    log = _wait_for_log(response.headers["x-request-id"])
+    log = wait_for_log(response.headers["x-request-id"])
     assert (log.status, log.usage_estimated) == ("error", True)
     assert log.cost_micros > 0
     assert Wallet.objects.get(organization=personas.org).balance_micros == FUNDS - log.cost_micros

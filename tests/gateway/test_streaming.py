@@ -13,14 +13,14 @@ import pytest
 from django.core.management import call_command
 
 from apps.accounts import services as account_services
-from apps.gateway.models import CatalogModel, RequestLog
+from apps.gateway.models import CatalogModel
 from apps.gateway.pricing import cost_micros
 from apps.gateway.providers.base import Usage
 from apps.gateway.sandbox import SandboxServer
 from apps.wallet import services as wallet_services
 from apps.wallet.models import Reservation, Wallet
 from tests.conftest import Personas
-from tests.gateway.conftest import FaultControl, LiveGateway
+from tests.gateway.conftest import FaultControl, LiveGateway, wait_for_log
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
 
@@ -45,16 +45,6 @@ def _wallet(personas: Personas) -> Wallet:
 
 def _audit_ok() -> None:
     call_command("wallet_audit", stdout=StringIO(), stderr=StringIO())
-
-
-def _wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = RequestLog.objects.filter(request_id=request_id).first()
-        if log is not None:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"no request log for {request_id}")
 
 
 def _events(response: httpx.Response) -> list[Any]:
@@ -89,7 +79,7 @@ def test_sdk_stream_with_usage_is_billed_to_the_reported_usage(
         model=CatalogModel.objects.get(pk=MODEL),
         usage=Usage(usage.prompt_tokens, usage.completion_tokens),
     )
-    log = _wait_for_log(chunks[0].id.removeprefix("chatcmpl-"))
+    log = wait_for_log(chunks[0].id.removeprefix("chatcmpl-"))
     assert (log.status, log.stream, log.usage_estimated) == ("ok", True, False)
     assert log.ttft_ms is not None
     assert log.ttft_ms <= log.latency_ms
@@ -143,7 +133,7 @@ def test_midstream_failure_ends_with_an_error_event_and_bills_what_was_streamed(
         e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e.get("choices")
     )
     assert streamed
-    log = _wait_for_log(response.headers["x-request-id"])
+    log = wait_for_log(response.headers["x-request-id"])
     assert (log.status, log.usage_estimated) == ("error", True)
     assert log.cost_micros > 0
     assert _wallet(personas).balance_micros == FUNDS - log.cost_micros
@@ -171,7 +161,7 @@ def test_client_disconnect_mid_stream_settles_on_what_was_sent(
         received = [next(lines) for _ in range(6)]
         assert any("content" in line for line in received)
     # The connection is closed here, long before the upstream would have finished.
-    log = _wait_for_log(request_id)
+    log = wait_for_log(request_id)
     assert log.http_status == 499
     assert log.usage_estimated
     assert 0 < log.completion_tokens < 400
@@ -181,3 +171,39 @@ def test_client_disconnect_mid_stream_settles_on_what_was_sent(
     assert wallet.reserved_micros == 0
     assert wallet.balance_micros == FUNDS - log.cost_micros
     _audit_ok()
+
+
+def test_a_stream_counts_once_for_its_providers_health_even_when_the_client_leaves_at_once(
+    secret: str, live_gateway: LiveGateway, faults: FaultControl
+) -> None:
+    """A stream's success is recorded once its first token is out (not before: the first byte
+    waits for nothing it does not need), also when the client leaves right at that token."""
+    import asyncio
+
+    from apps.gateway.routing import health
+
+    def calls() -> tuple[int, int]:
+        [row] = asyncio.run(health.health_snapshot([("openai", MODEL)]))
+        return row.calls, row.errors
+
+    before = calls()
+    faults.set(provider="openai", fault="none", chunk_delay_ms=300)
+    with httpx.stream(
+        "POST",
+        live_gateway.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={
+            "model": MODEL,
+            "stream": True,
+            "max_tokens": 400,
+            "messages": [{"role": "user", "content": "a long answer please"}],
+        },
+        timeout=10,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        assert any("content" in line for line in response.iter_lines())  # the first token
+    wait_for_log(request_id)
+    deadline = time.monotonic() + 5  # successes reach the shared store in batches
+    while calls() != (before[0] + 1, before[1]):
+        assert time.monotonic() < deadline, (before, calls())
+        time.sleep(0.1)
