@@ -197,6 +197,7 @@ def live_gateway_as_deployed() -> Iterator[LiveGateway]:
 def _serve(*, booked_first: bool) -> Iterator[LiveGateway]:
     import socket
     import threading
+
     import uvicorn
 
     from llmwise.http import get_asgi_application
