@@ -8,6 +8,7 @@ from django.test import Client
 
 from apps.accounts.models import Organization, Role, User
 from apps.accounts.services import api_key_caches_clear
+from apps.gateway.routing import health
 from apps.gateway.selectors import catalog_cache_clear
 from tests.factories import UserFactory, add_member, org_with_owner
 
@@ -22,11 +23,14 @@ def catalog(db: None) -> None:
 
 @pytest.fixture(autouse=True)
 def _clear_cache() -> None:
-    """Each test starts with an empty cache (its own Redis database under xdist) and no API keys
-    remembered in-process from an earlier test (keys, catalog)."""
+    """Each test starts with an empty cache (its own Redis database under xdist) and nothing
+    remembered in-process from an earlier test: API keys, catalog, and provider health (the
+    breaker states copied from the shared store, which was just emptied, and unsent tallies:
+    without this a test right after one that opened a breaker saw it still open)."""
     cache.clear()
     api_key_caches_clear()
     catalog_cache_clear()
+    health.health_local_clear()
 
 
 @dataclass

@@ -140,11 +140,9 @@ def test_midstream_failure_ends_with_an_error_event_and_bills_what_was_streamed(
     _audit_ok()
 
 
-def test_client_disconnect_mid_stream_settles_on_what_was_sent(
-    secret: str, personas: Personas, live_gateway: LiveGateway, faults: FaultControl
-) -> None:
-    faults.set(provider="openai", fault="none", chunk_delay_ms=100)
-    with httpx.stream(
+def _long_stream(live_gateway: LiveGateway, secret: str) -> Any:
+    """A streamed call asking for a long answer (400 tokens), as a context manager."""
+    return httpx.stream(
         "POST",
         live_gateway.url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {secret}"},
@@ -155,7 +153,14 @@ def test_client_disconnect_mid_stream_settles_on_what_was_sent(
             "messages": [{"role": "user", "content": "a long answer please"}],
         },
         timeout=10,
-    ) as response:
+    )
+
+
+def test_client_disconnect_mid_stream_settles_on_what_was_sent(
+    secret: str, personas: Personas, live_gateway: LiveGateway, faults: FaultControl
+) -> None:
+    faults.set(provider="openai", fault="none", chunk_delay_ms=100)
+    with _long_stream(live_gateway, secret) as response:
         request_id = response.headers["x-request-id"]
         lines = response.iter_lines()
         received = [next(lines) for _ in range(6)]
@@ -188,18 +193,7 @@ def test_a_stream_counts_once_for_its_providers_health_even_when_the_client_leav
 
     before = calls()
     faults.set(provider="openai", fault="none", chunk_delay_ms=300)
-    with httpx.stream(
-        "POST",
-        live_gateway.url + "/v1/chat/completions",
-        headers={"Authorization": f"Bearer {secret}"},
-        json={
-            "model": MODEL,
-            "stream": True,
-            "max_tokens": 400,
-            "messages": [{"role": "user", "content": "a long answer please"}],
-        },
-        timeout=10,
-    ) as response:
+    with _long_stream(live_gateway, secret) as response:
         request_id = response.headers["x-request-id"]
         assert any("content" in line for line in response.iter_lines())  # the first token
     wait_for_log(request_id)
