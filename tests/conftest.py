@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from channels.testing import WebsocketCommunicator
 from django.core.cache import cache
 from django.test import Client
 
@@ -59,3 +62,28 @@ def personas(db: None) -> Personas:
     outsider = UserFactory(email="outsider@globex.test")
     other_org = org_with_owner("Globex", outsider)
     return Personas(org, owner, admin, member, outsider, other_org)
+
+
+# --- WebSockets through the ASGI application ----------------------------------------------
+_open_sockets: list[WebsocketCommunicator] = []
+
+
+def socket_to(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
+    """A communicator on the whole ASGI application, disconnected at the end of the test by
+    `_disconnect_sockets` when the test did not (a failed assertion, or a socket the server
+    closed: a real server answers a close with a disconnect, the communicator does not). A
+    consumer left running would hold its channel layer's blocking read past the event loop."""
+    from llmwise.asgi import application
+
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    _open_sockets.append(communicator)
+    return communicator
+
+
+@pytest.fixture
+async def _disconnect_sockets() -> AsyncIterator[None]:
+    yield
+    while _open_sockets:
+        communicator = _open_sockets.pop()
+        with contextlib.suppress(Exception):  # already ended, possibly with the test's error
+            await communicator.disconnect()

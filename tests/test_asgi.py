@@ -159,3 +159,27 @@ def test_static_files_and_request_ids_through_the_async_stack() -> None:
     assert b".brand" in body
     assert request_id.startswith("req_")
     assert missing == 404
+
+
+def test_an_idle_websocket_consumer_outlives_the_channel_layers_blocking_pop() -> None:
+    """channels_redis waits for a consumer's next message with a 5 s blocking pop; its Redis
+    connections must read longer than that (redis-py 8 reads with a 5 s timeout by default, and
+    the race killed idle consumers with "Timeout reading from Redis")."""
+    import asyncio
+
+    from channels.layers import get_channel_layer
+    from django.conf import settings
+
+    if "channels_redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        pytest.skip("the in-memory channel layer has no socket to time out")
+    layer = get_channel_layer()
+    pool = layer.create_pool(0)
+    assert pool.connection_kwargs["socket_timeout"] > layer.brpop_timeout
+
+    async def wait_past_one_pop() -> None:
+        channel = await layer.new_channel()
+        with pytest.raises(TimeoutError):  # ours, not the connection's
+            await asyncio.wait_for(layer.receive(channel), timeout=layer.brpop_timeout + 1.5)
+        await layer.flush()
+
+    asyncio.run(wait_past_one_pop())

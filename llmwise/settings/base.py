@@ -155,6 +155,17 @@ def redis_cache_options(timeout: float) -> dict[str, Any]:
     }
 
 
+# channels_redis waits for a consumer's next message with a blocking pop of 5 s, and redis-py
+# (8.x) reads every reply with a 5 s socket timeout by default: the two raced, and a WebSocket
+# consumer idle for 5 s could die with "Timeout reading from Redis". The read timeout of the
+# channel layer's connections must outlast the pop.
+CHANNEL_LAYER_SOCKET_TIMEOUT_SECONDS = 15
+
+
+def channel_layer_host(url: str) -> dict[str, Any]:
+    return {"address": url, "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT_SECONDS}
+
+
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -167,7 +178,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "llmwise:ch"},
+            "CONFIG": {"hosts": [channel_layer_host(REDIS_URL)], "prefix": "llmwise:ch"},
         }
     }
     CELERY_BROKER_URL = REDIS_URL

@@ -24,14 +24,13 @@ from apps.gateway.principals import DASHBOARD_KEY_NAME
 from apps.gateway.sandbox import SandboxServer
 from apps.wallet import services as wallet_services
 from apps.wallet.models import Reservation, Wallet
-from llmwise.asgi import application
-from tests.conftest import Personas
+from tests.conftest import Personas, socket_to
 from tests.gateway.conftest import FaultControl
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("catalog", "_close_clients"),
+    pytest.mark.usefixtures("catalog", "_close_clients", "_disconnect_sockets"),
 ]
 
 PATH = "/ws/v1/chat"
@@ -94,7 +93,7 @@ def _session_cookie(user: User, org: Organization | None = None) -> bytes:
 
 async def _connect(cookie: bytes | None = None) -> WebsocketCommunicator:
     headers = BROWSER + ([(b"cookie", cookie)] if cookie else [])
-    communicator = WebsocketCommunicator(application, PATH, headers=headers)
+    communicator = socket_to(PATH, headers)
     connected, _ = await communicator.connect()
     assert connected
     return communicator
@@ -256,10 +255,12 @@ async def test_unauthenticated_socket_gets_a_401_error_and_is_closed(
     closed = await communicator.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
     assert sandbox.app.chat_calls == before
+    # A server answers the close with a disconnect; without it the consumer would live on.
+    await communicator.disconnect(code=4401)
 
 
 async def test_api_key_in_the_query_string_is_ignored(secret: str, personas: Personas) -> None:
-    communicator = WebsocketCommunicator(application, f"{PATH}?api_key={secret}", headers=BROWSER)
+    communicator = socket_to(f"{PATH}?api_key={secret}", BROWSER)
     assert (await communicator.connect())[0]
     await communicator.send_json_to(_chat())
     error = await communicator.receive_json_from(timeout=5)

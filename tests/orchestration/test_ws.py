@@ -14,8 +14,7 @@ from django.db import connections
 from apps.gateway.models import RequestLog
 from apps.orchestration.models import OrchestrationRun
 from apps.wallet.models import Reservation
-from llmwise.asgi import application
-from tests.conftest import Personas
+from tests.conftest import Personas, socket_to
 from tests.gateway.conftest import FaultControl
 from tests.gateway.test_ws_chat import BROWSER, _session_cookie
 
@@ -24,7 +23,7 @@ from .conftest import FUNDS, MODELS, audit_ok, fund, messages, wallet_of
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("catalog", "_close_clients"),
+    pytest.mark.usefixtures("catalog", "_close_clients", "_disconnect_sockets"),
 ]
 
 PATH = "/ws/v1/orchestrate"
@@ -43,7 +42,7 @@ async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 async def _connect(cookie: bytes | None = None) -> WebsocketCommunicator:
     headers = BROWSER + ([(b"cookie", cookie)] if cookie else [])
-    communicator = WebsocketCommunicator(application, PATH, headers=headers)
+    communicator = socket_to(PATH, headers)
     connected, _ = await communicator.connect()
     assert connected
     return communicator
