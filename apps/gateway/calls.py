@@ -413,17 +413,12 @@ async def _asettle_durably(
 async def _hold_or_give_back(
     *, api_key: ApiKey, amount_micros: int, request_id: str
 ) -> Reservation:
-    """:func:`_hold`, finished even when the caller is cancelled (its client went away) while
-    the hold is being written: a hold that commits after that is released at once, not left to
-    the sweeper for the length of its TTL."""
-    holding = asyncio.ensure_future(
-        _hold(api_key=api_key, amount_micros=amount_micros, request_id=request_id)
+    """:func:`_hold`, finished even when the caller is cancelled while it is written."""
+    return await _landed(
+        asyncio.ensure_future(
+            _hold(api_key=api_key, amount_micros=amount_micros, request_id=request_id)
+        )
     )
-    try:
-        return await asyncio.shield(holding)
-    except asyncio.CancelledError:
-        holding.add_done_callback(_give_back)
-        raise
 
 
 async def _admit_while_holding(
@@ -444,28 +439,37 @@ async def _admit_while_holding(
     )
     try:
         admission = await admit()
+    except BaseException:
+        await _given_back(holding, request_id=request_id)
+        raise
+    try:
+        return admission, await _landed(holding)
+    except BaseException:
+        await asyncio.shield(limits_release(api_key=api_key, admission=admission))
+        raise
+
+
+async def _landed(holding: asyncio.Future[Reservation]) -> Reservation:
+    """The hold once written. A caller cancelled meanwhile (its client went away) does not
+    wait: a hold that commits after that is released at once, not left to the sweeper for the
+    length of its TTL."""
+    try:
+        return await asyncio.shield(holding)
     except asyncio.CancelledError:
         holding.add_done_callback(_give_back)
         raise
-    except BaseException:
-        # Refused: release the hold once it has landed (if it did), then say why.
-        try:
-            held: Reservation | None = await asyncio.shield(holding)
-        except Exception:
-            held = None  # nothing was held (short credit as well, say)
-        if held is not None:
-            try:
-                await asyncio.shield(run_db(wallet.reservation_release, reservation=held))
-            except Exception:
-                logger.exception("hold of refused call %s left to the sweeper", request_id)
-        raise
+
+
+async def _given_back(holding: asyncio.Future[Reservation], *, request_id: str) -> None:
+    """Release a hold the call will not use, once it has landed (if it lands at all)."""
     try:
-        return admission, await asyncio.shield(holding)
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            holding.add_done_callback(_give_back)
-        await asyncio.shield(limits_release(api_key=api_key, admission=admission))
-        raise
+        held = await _landed(holding)
+    except Exception:
+        return  # nothing was held (short credit as well, say)
+    try:
+        await asyncio.shield(run_db(wallet.reservation_release, reservation=held))
+    except Exception:
+        logger.exception("hold of refused call %s left to the sweeper", request_id)
 
 
 def _give_back(holding: asyncio.Future[Reservation]) -> None:
