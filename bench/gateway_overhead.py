@@ -377,7 +377,8 @@ def ratios(out: Path, labels: list[str], scs: list[Scenario], rounds: int) -> st
             data[(obj["scenario"], obj["round"], obj["label"])] = obj
 
     def lat(o: dict[str, Any] | None, key: str = "latency_ms") -> float | None:
-        return (o or {}).get(key, {}) and (o or {})[key].get("p50")
+        stats = (o or {}).get(key)
+        return stats.get("p50") if stats else None
 
     lines = [
         "| scenario | metric | "
