@@ -2,7 +2,8 @@
 // using the dashboard session (the socket's cookie), streaming every model's answer into its own
 // card. Failover sends the socket's plain "chat" message with "fallbacks" and shows the route the
 // gateway took (its "done" frame lists every attempt); in sandbox mode admins can break and
-// restore sandbox providers through a small CSRF-protected dashboard view.
+// restore sandbox providers through a small CSRF-protected dashboard view. A dropped socket is
+// opened again by itself.
 (function () {
   "use strict";
 
@@ -66,14 +67,40 @@
     tabs[next].focus();
   }
 
+  // A dropped socket (a deploy restarts the server, a network blip) is opened again after 1 s,
+  // then 2, 4 … up to 15 s between tries; a refused session (4401: signed out) is not.
+  const CLOSE_UNAUTHENTICATED = 4401;
+  const RETRY_FIRST_MS = 1000;
+  const RETRY_MAX_MS = 15000;
+  const SESSION_WAIT_MS = 3000;
+  let retryMs = RETRY_FIRST_MS;
+
   function connect() {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    socket = new WebSocket(scheme + window.location.host + form.dataset.socketPath);
-    socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
-    socket.addEventListener("close", () => {
+    const opened = new WebSocket(scheme + window.location.host + form.dataset.socketPath);
+    socket = opened;
+    opened.addEventListener("message", (event) => handle(JSON.parse(event.data)));
+    opened.addEventListener("open", () => {
+      // A signed-in page's socket is ready at once; a session that ended meanwhile never is.
+      window.setTimeout(() => {
+        if (!ready && opened.readyState === WebSocket.OPEN) {
+          statusLine.textContent = "Signed out. Reload the page to sign in again.";
+        }
+      }, SESSION_WAIT_MS);
+    });
+    opened.addEventListener("close", (event) => {
       ready = false;
-      statusLine.textContent = "Disconnected. Reload the page to reconnect.";
-      finish();
+      const interrupted = running !== null;
+      if (interrupted) finish();
+      if (event.code === CLOSE_UNAUTHENTICATED) {
+        statusLine.textContent = "Signed out. Reload the page to sign in again.";
+        return;
+      }
+      const seconds = Math.round(retryMs / 1000);
+      statusLine.textContent = (interrupted ? "Connection lost during the run" : "Disconnected") +
+        ". Reconnecting in " + seconds + " s…";
+      window.setTimeout(connect, retryMs);
+      retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
     });
   }
 
@@ -185,6 +212,7 @@
   function handle(frame) {
     if (frame.type === "ready") {
       ready = true;
+      retryMs = RETRY_FIRST_MS;
       statusLine.textContent = "Ready.";
       return;
     }
