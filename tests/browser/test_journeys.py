@@ -19,9 +19,6 @@ control has an accessible name, and text has WCAG AA contrast. Journey 2 (Compar
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +27,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from django.conf import settings as django_settings
 from django.core import mail
 from playwright.sync_api import Browser, Page, expect
@@ -51,6 +47,7 @@ from apps.wallet.templatetags.money import usd
 from tests.factories import PASSWORD, UserFactory, add_member
 from tests.gateway.conftest import FaultControl, faults, sandbox  # noqa: F401 - fixtures
 from tests.optimizer.history import known_history
+from tests.servers import ThreadServer, close_shared_thread_connections
 from tests.usage_factory import log_row
 from tests.wallet.stripe_server import SECRET_KEY, WEBHOOK_SECRET
 
@@ -179,9 +176,8 @@ def live_app(
     """The whole product on a loopback port: HTTP + WebSockets + the fake Stripe."""
     from llmwise.asgi import router
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = ThreadServer(name="journeys-server")
+    url = server.url
     settings.SITE_URL = url  # links in emails (invitations) point here
     settings.PROVIDER_SANDBOX = True
     settings.PROVIDER_SANDBOX_URL = sandbox.base_url
@@ -189,23 +185,11 @@ def live_app(
     settings.STRIPE_SECRET_KEY = SECRET_KEY
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
     stripe = StripeSandbox(webhook_url=f"{url}/webhooks/stripe/", webhook_secret=WEBHOOK_SECRET)
-    app = PathMount(router, prefix=django_settings.STRIPE_SANDBOX_PREFIX, mounted=stripe)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="journeys-server", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the test server did not start"
+    server.app = PathMount(router, prefix=django_settings.STRIPE_SANDBOX_PREFIX, mounted=stripe)
+    server.start()
     yield LiveApp(url=url, stripe=stripe)
-    server.should_exit = True
-    thread.join(5)
-    from asgiref.sync import SyncToAsync
-    from django.db import connections
-
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+    server.stop()
+    close_shared_thread_connections()
 
 
 @pytest.fixture

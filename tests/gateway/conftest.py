@@ -16,6 +16,7 @@ from apps.gateway.providers.base import ChatMessage, ChatRequest
 from apps.gateway.providers.registry import adapter_for
 from apps.gateway.providers.transport import Timeouts, http_clients_aclose
 from apps.gateway.sandbox import SandboxServer
+from tests.servers import ThreadServer, close_shared_thread_connections
 
 # Small enough to keep the suite fast, large enough never to trip on a loaded CI machine.
 TEST_TIMEOUTS = Timeouts(connect=2.0, first_byte=3.0, total=10.0)
@@ -195,40 +196,13 @@ def live_gateway_as_deployed() -> Iterator[LiveGateway]:
 
 
 def _serve(*, booked_first: bool) -> Iterator[LiveGateway]:
-    import socket
-    import threading
-
-    import uvicorn
-
     from llmwise.http import get_asgi_application
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(
-        uvicorn.Config(
-            _Served(get_asgi_application(), booked_first=booked_first),
-            lifespan="on",
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="live-gateway", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the gateway test server did not start"
-    yield LiveGateway(url=url)
-    server.should_exit = True
-    thread.join(5)
-    # Views of the served app ran their ORM calls on asgiref's shared sync thread; close that
-    # thread's connection, or PostgreSQL refuses to drop the test database.
-    from asgiref.sync import SyncToAsync
-    from django.db import connections
-
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+    app = _Served(get_asgi_application(), booked_first=booked_first)
+    server = ThreadServer(app, name="live-gateway", lifespan="on").start()
+    yield LiveGateway(url=server.url)
+    server.stop()
+    close_shared_thread_connections()
 
 
 def wait_for_log(request_id: str, timeout: float = 10) -> RequestLog:

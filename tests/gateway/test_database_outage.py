@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from asgiref.sync import SyncToAsync
 from django.core.management import call_command
 from django.db import connection, connections
 from django.utils import timezone
@@ -29,6 +28,7 @@ from apps.wallet import services as wallet_services
 from apps.wallet.models import LedgerEntry, Reservation, Wallet
 from tests.conftest import Personas
 from tests.gateway.conftest import FaultControl, LiveGateway
+from tests.servers import close_shared_thread_connections
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
 
@@ -71,7 +71,7 @@ class Outage:
     def end(self) -> None:
         self._allow(True)
         # This thread's and the sync thread's connections were terminated: let them reconnect.
-        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+        close_shared_thread_connections()
         connections.close_all()
         account_services.api_key_caches_clear()
 

@@ -9,11 +9,10 @@ from io import StringIO
 from typing import Any, TypeVar
 
 import pytest
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.core.management import call_command
-from django.db import connections
 from django.test import Client
 
 from apps.accounts import services as account_services
@@ -26,6 +25,7 @@ from apps.wallet import services as wallet_services
 from apps.wallet.models import Reservation, Wallet
 from tests.conftest import Personas, socket_to
 from tests.gateway.conftest import FaultControl
+from tests.servers import close_shared_thread_connections
 
 pytestmark = [
     pytest.mark.anyio,
@@ -52,7 +52,7 @@ def _close_async_thread_connection() -> Iterator[None]:
     """The consumer's ORM calls run on asgiref's shared sync thread; close its connection, or
     PostgreSQL refuses to drop the test database."""
     yield
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+    close_shared_thread_connections()
 
 
 async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

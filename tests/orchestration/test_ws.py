@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.db import connections
 
 from apps.gateway.models import RequestLog
 from apps.orchestration.models import OrchestrationRun
@@ -17,6 +16,7 @@ from apps.wallet.models import Reservation
 from tests.conftest import Personas, socket_to
 from tests.gateway.conftest import FaultControl
 from tests.gateway.test_ws_chat import BROWSER, _session_cookie
+from tests.servers import close_shared_thread_connections
 
 from .conftest import FUNDS, MODELS, audit_ok, fund, messages, wallet_of
 
@@ -33,7 +33,7 @@ T = TypeVar("T")
 @pytest.fixture(autouse=True)
 def _close_async_thread_connection() -> Iterator[None]:
     yield
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+    close_shared_thread_connections()
 
 
 async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -28,8 +28,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from asgiref.sync import SyncToAsync
-from django.db import connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -41,6 +39,7 @@ from apps.wallet import services as wallet_services
 from apps.wallet.models import LedgerEntry, Wallet
 from llmwise.asgi import application
 from tests.conftest import Personas
+from tests.servers import close_shared_thread_connections
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog")]
 
@@ -130,7 +129,7 @@ def fuzz_env(
     yield secret, wallet
     # Work the app left to asgiref's shared sync thread (after a response) opened a connection
     # there; close it, or PostgreSQL refuses to drop the test database.
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=5)
+    close_shared_thread_connections()
 
 
 @pytest.mark.django_db(transaction=True)

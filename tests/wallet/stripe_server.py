@@ -7,20 +7,17 @@ uses, and sends its signed webhooks to ``/webhooks/stripe/`` of the same server 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 from apps.wallet.stripe_sandbox import PathMount, StripeSandbox
+from tests.servers import ThreadServer
 
 WEBHOOK_SECRET = "whsec_wallet_tests"
 SECRET_KEY = "sk_test_wallet_tests"
@@ -43,24 +40,16 @@ class StripeServer:
 
 @pytest.fixture(scope="session")
 def stripe_server() -> Iterator[StripeServer]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    sandbox = StripeSandbox(webhook_url=f"{url}/webhooks/stripe/", webhook_secret=WEBHOOK_SECRET)
-    app = PathMount(get_asgi_application(), prefix=settings.STRIPE_SANDBOX_PREFIX, mounted=sandbox)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="stripe-test-server", daemon=True
+    server = ThreadServer(name="stripe-test-server")
+    sandbox = StripeSandbox(
+        webhook_url=f"{server.url}/webhooks/stripe/", webhook_secret=WEBHOOK_SECRET
     )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the test server did not start"
-    yield StripeServer(url=url, sandbox=sandbox)
-    server.should_exit = True
-    thread.join(5)
+    server.app = PathMount(
+        get_asgi_application(), prefix=settings.STRIPE_SANDBOX_PREFIX, mounted=sandbox
+    )
+    server.start()
+    yield StripeServer(url=server.url, sandbox=sandbox)
+    server.stop()
 
 
 @pytest.fixture
