@@ -368,24 +368,30 @@ def _fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def ratios(out: Path, labels: list[str], scs: list[Scenario], rounds: int) -> str:
-    """Our numbers against LiteLLM's from the same round, and the issue's targets."""
+def _load_results(out: Path) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """The load generator's results in ``out``, by (scenario, round, label)."""
     data: dict[tuple[str, int, str], dict[str, Any]] = {}
     for path in out.glob("*_r*_*.json"):
         obj = json.loads(path.read_text())
         if obj.get("kind") == "load":
             data[(obj["scenario"], obj["round"], obj["label"])] = obj
+    return data
+
+
+def _table_head(rounds: int) -> list[str]:
+    rounds_cells = " | ".join(f"r{r}" for r in range(1, rounds + 1))
+    return [f"| scenario | metric | {rounds_cells} | median |", "|---|---|" + "---|" * (rounds + 1)]
+
+
+def ratios(out: Path, labels: list[str], scs: list[Scenario], rounds: int) -> str:
+    """Our numbers against LiteLLM's from the same round, and the issue's targets."""
+    data = _load_results(out)
 
     def lat(o: dict[str, Any] | None, key: str = "latency_ms") -> float | None:
         stats = (o or {}).get(key)
         return stats.get("p50") if stats else None
 
-    lines = [
-        "| scenario | metric | "
-        + " | ".join(f"r{r}" for r in range(1, rounds + 1))
-        + " | median |",
-        "|---|---|" + "---|" * (rounds + 1),
-    ]
+    lines = _table_head(rounds)
     verdict: dict[str, Any] = {}
     for sc in scs:
         rows: dict[str, list[float | None]] = {}
@@ -458,6 +464,39 @@ def ratios(out: Path, labels: list[str], scs: list[Scenario], rounds: int) -> st
     return text
 
 
+def ab_table(out: Path, scs: list[Scenario], rounds: int) -> str:
+    """``ours_b`` against ``ours``, both as added time over the direct upstream of the same
+    round, and their difference round by round: on a noisy machine only a difference measured
+    side by side says whether a change of a few tenths of a millisecond helped."""
+    data = _load_results(out)
+
+    def p50(scenario: str, rnd: int, label: str, key: str) -> float | None:
+        stats = data.get((scenario, rnd, label), {}).get(key)
+        return stats.get("p50") if stats else None
+
+    lines = _table_head(rounds)
+    for sc in scs:
+        for key, what in [("latency_ms", "p50")] + ([("ttft_ms", "TTFT p50")] if sc.stream else []):
+            rows: dict[str, list[float | None]] = {}
+            for r in range(1, rounds + 1):
+                direct = p50(sc.name, r, "direct", key)
+                a, b = (p50(sc.name, r, label, key) for label in ("ours", "ours_b"))
+                added_a = a - direct if a is not None and direct is not None else None
+                added_b = b - direct if b is not None and direct is not None else None
+                rows.setdefault(f"ours added {what} ms", []).append(added_a)
+                rows.setdefault(f"ours_b added {what} ms", []).append(added_b)
+                rows.setdefault(f"ours_b - ours {what} ms", []).append(
+                    added_b - added_a if added_a is not None and added_b is not None else None
+                )
+            for name, vals in rows.items():
+                m = _med([v for v in vals if v is not None])
+                cells = " | ".join(_fmt(v) for v in vals)
+                lines.append(f"| {sc.name} | {name} | {cells} | **{_fmt(m)}** |")
+    text = "\n".join(lines) + "\n"
+    (out / "ab.md").write_text(text)
+    return text
+
+
 # ------------------------------------------------------------------------------- main
 def add_setup_arguments(p: argparse.ArgumentParser) -> None:
     """Where our gateway's database, Redis and the shared harness's venv are (every script that
@@ -488,6 +527,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ours-port", type=int, default=18281)
     p.add_argument("--litellm-port", type=int, default=18282)
     p.add_argument("--chunks", type=int, default=20)
+    p.add_argument(
+        "--b-tree",
+        default="",
+        help="also serve the gateway from this checkout (a git worktree of another commit, same "
+        "migrations) as target ours_b, measured in every round next to ours",
+    )
+    p.add_argument(
+        "--b-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of ours_b (repeatable; ours_b is served even without --b-tree)",
+    )
+    p.add_argument("--ours-b-port", type=int, default=18283)
     add_setup_arguments(p)
     p.add_argument("--out", default="", help="results folder (default var/bench/gateway-<ts>)")
     args = p.parse_args(argv)
@@ -495,7 +548,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("rounds, concurrency and request counts must be positive")
     if args.duration <= 0 or args.duration > 600:
         p.error("--duration must be in (0, 600]")
+    if any("=" not in pair for pair in args.b_env):
+        p.error("--b-env takes NAME=VALUE")
+    if args.b_tree and not (Path(args.b_tree) / "llmwise" / "asgi.py").is_file():
+        p.error(f"--b-tree {args.b_tree} is not a checkout of this project")
     return args
+
+
+def ab_wanted(args: argparse.Namespace) -> bool:
+    return bool(args.b_tree or args.b_env)
+
+
+def serve_ours(
+    label: str,
+    port: int,
+    args: argparse.Namespace,
+    *,
+    env: dict[str, str],
+    secret: str,
+    out: Path,
+    cwd: Path = REPO,
+) -> Target:
+    """Our gateway as production serves it (one uvicorn worker), from the checkout ``cwd``."""
+    pid = start(
+        pinned(
+            args.server_cpu,
+            [
+                str(VENV_BIN / "uvicorn"),
+                "llmwise.asgi:application",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--lifespan",
+                "on",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--log-level",
+                "warning",
+            ],
+        ),
+        env=env,
+        log=out / f"{label}.log",
+        cwd=cwd,
+    )
+    target = Target(label, f"http://{HOST}:{port}/v1/chat/completions", secret, MODEL, pid)
+    wait_ready(target, 60)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    for port in (args.upstream_port, args.ours_port, args.litellm_port):
+    for port in (args.upstream_port, args.ours_port, args.litellm_port, args.ours_b_port):
         if not port_free(port):
             raise SystemExit(f"port {port} is busy; choose another with --*-port")
 
@@ -541,37 +645,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     wait_ready(direct, 30)
 
-    ours_pid = start(
-        pinned(
-            args.server_cpu,
-            [
-                str(VENV_BIN / "uvicorn"),
-                "llmwise.asgi:application",
-                "--host",
-                HOST,
-                "--port",
-                str(args.ours_port),
-                "--workers",
-                "1",
-                "--no-access-log",
-                "--lifespan",
-                "on",
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--log-level",
-                "warning",
-            ],
-        ),
-        env=env,
-        log=out / "ours.log",
-    )
-    ours = Target(
-        "ours", f"http://{HOST}:{args.ours_port}/v1/chat/completions", secret, MODEL, ours_pid
-    )
-    wait_ready(ours, 60)
+    ours = serve_ours("ours", args.ours_port, args, env=env, secret=secret, out=out)
     targets = [direct, ours]
+    if ab_wanted(args):
+        b_env = dict(env, **dict(pair.split("=", 1) for pair in args.b_env))
+        b_tree = Path(args.b_tree) if args.b_tree else REPO
+        targets.append(
+            serve_ours(
+                "ours_b", args.ours_b_port, args, env=b_env, secret=secret, out=out, cwd=b_tree
+            )
+        )
 
     if not args.skip_litellm:
         config = (SHARED / "litellm_config.yaml").read_text()
@@ -632,9 +715,8 @@ def main(argv: list[str] | None = None) -> int:
                 load(bpy, target, sc, rnd, args, out)
 
     (out / "loadavg_end.txt").write_text(Path("/proc/loadavg").read_text())
-    for label, pid in (("ours", ours_pid), ("fake_upstream", up_pid)) + (
-        (("litellm", targets[-1].pid),) if len(targets) > 2 else ()
-    ):
+    measured = [(t.label, t.pid) for t in targets if t.pid is not None]
+    for label, pid in [*measured, ("fake_upstream", up_pid)]:
         subprocess.run(
             [
                 str(bpy),
@@ -680,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([str(bpy), str(SHARED / "summarize.py"), str(out)], check=False)
     table = ratios(out, [t.label for t in targets], scs, args.rounds)
     print(f"### ours vs litellm, same round\n\n{table}")
+    if ab_wanted(args):
+        print(f"### ours_b vs ours, same round\n\n{ab_table(out, scs, args.rounds)}")
     print(checks)
     print(f"results in {out}", file=sys.stderr)
     return 0

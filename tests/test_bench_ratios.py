@@ -68,3 +68,39 @@ def test_with_litellm_ours_is_compared_in_the_same_round(bench: ModuleType, tmp_
 
     assert "| c1 | ours/litellm added p50 | 0.250 | **0.250** |" in table
     assert "| c1 added p50 ours/litellm | 0.250 | <= 0.5 | yes |" in table
+
+
+def test_ab_table_gives_both_builds_and_their_difference_round_by_round(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    for rnd, b_extra in ((1, 1.0), (2, 2.0)):
+        for label, extra in (("direct", 0.0), ("ours", 2.0), ("ours_b", b_extra)):
+            for scenario, base in (("c1", 1.0), ("stream_c1", 4.0)):
+                result = {
+                    "kind": "load",
+                    "scenario": scenario,
+                    "round": rnd,
+                    "label": label,
+                    "latency_ms": {"p50": base + extra},
+                }
+                if scenario == "stream_c1":
+                    result["ttft_ms"] = {"p50": 0.5 + extra}
+                (tmp_path / f"{scenario}_r{rnd}_{label}.json").write_text(json.dumps(result))
+
+    table = bench.ab_table(tmp_path, _scenarios(bench), rounds=2)
+
+    assert "| c1 | ours added p50 ms | 2.00 | 2.00 | **2.00** |" in table
+    assert "| c1 | ours_b added p50 ms | 1.00 | 2.00 | **1.50** |" in table
+    assert "| c1 | ours_b - ours p50 ms | -1.00 | 0.00 | **-0.50** |" in table
+    assert "| stream_c1 | ours_b - ours TTFT p50 ms | -1.00 | 0.00 | **-0.50** |" in table
+    assert (tmp_path / "ab.md").read_text() == table
+
+
+def test_b_options_are_checked(bench: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--b-env", "NO_EQUALS_SIGN"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--b-tree", str(tmp_path)])  # not a checkout of the project
+    args = bench.parse_args(["--b-env", "GATEWAY_ORG_RPM=0"])
+    assert bench.ab_wanted(args)
+    assert not bench.ab_wanted(bench.parse_args([]))
