@@ -319,10 +319,13 @@ class Run:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _started: float = field(default_factory=time.perf_counter)
     _deadline: float = 0.0
+    _closing: asyncio.Future[None] | None = None
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """The run, as it happens. Ends with exactly one ``done`` or ``error`` event (unless the
-        consumer stops early: then outstanding calls are cancelled and settled)."""
+        """The run, as it happens. Ends with exactly one ``done`` or ``error`` event, sent once
+        the run is closed (its record final, its hold settled), so a client that reads the run
+        the moment it sees the end finds it finished; a consumer that stops early has the
+        outstanding calls cancelled and settled instead."""
         self._deadline = asyncio.get_running_loop().time() + settings.ORCHESTRATION_TIMEOUT_SECONDS
         status = OrchestrationRun.Status.CANCELLED
         try:
@@ -334,17 +337,23 @@ class Run:
             except ApplicationError as exc:
                 self.error = exc
                 status = OrchestrationRun.Status.ERROR
-                yield (
-                    "error",
-                    {**error_payload(exc, request_id=self.request_id), "totals": self._totals()},
-                )
+                error = {**error_payload(exc, request_id=self.request_id), "totals": self._totals()}
+                await self._close_once(status)
+                yield "error", error
                 return
             failed = any(child.error is not None for child in self.children)
             status = OrchestrationRun.Status.PARTIAL if failed else OrchestrationRun.Status.OK
             body["totals"] = self._totals()
+            await self._close_once(status)
             yield "done", body
         finally:
-            await asyncio.shield(self._close(status))
+            await self._close_once(status)
+
+    async def _close_once(self, status: str) -> None:
+        """:meth:`_close`, once, finished even if the caller is cancelled meanwhile."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(status))
+        await asyncio.shield(self._closing)
 
     async def _steps(self, body: dict[str, Any]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         spec = self.spec

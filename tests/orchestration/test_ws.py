@@ -3,12 +3,14 @@ session auth); every provider call goes over real HTTP to the sandbox."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import connection, transaction
 
 from apps.gateway.models import RequestLog
 from apps.orchestration.models import OrchestrationRun
@@ -131,4 +133,49 @@ async def test_closing_the_socket_mid_run_cancels_and_settles_everything(
     wallet = await db(wallet_of, personas)
     assert wallet.reserved_micros == 0
     assert wallet.balance_micros == FUNDS - sum(log.cost_micros for log in logs)
+    await db(audit_ok)
+
+
+async def test_the_end_of_a_run_is_sent_once_the_run_is_closed(personas: Personas) -> None:
+    """A client that reads the run the moment it sees ``done`` finds it final and its hold
+    settled: while the run's row is locked elsewhere its close waits, and so does ``done``."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a row lock held from another connection needs PostgreSQL")
+    await db(fund, personas)
+    communicator = await _connect(await db(_session_cookie, personas.member, personas.org))
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "ready"
+    await communicator.send_json_to(
+        {"type": "compare", "id": "r1", "models": MODELS, "messages": messages(), "max_tokens": 40}
+    )
+    started = await communicator.receive_json_from(timeout=5)
+    assert started["type"] == "run"
+    locked, release = threading.Event(), threading.Event()
+
+    def lock_the_run() -> None:
+        try:
+            with transaction.atomic():
+                OrchestrationRun.objects.select_for_update().get(request_id=started["request_id"])
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    locker = threading.Thread(target=lock_the_run, name="run-locker")
+    locker.start()
+    try:
+        assert locked.wait(5)
+        frames: list[dict[str, Any]] = []
+        while [f["type"] for f in frames].count("model_done") < len(MODELS):
+            frames.append(await communicator.receive_json_from(timeout=10))
+        assert await communicator.receive_nothing(timeout=1.0)  # every call done, no end yet
+    finally:
+        release.set()
+        locker.join(10)
+    done = await communicator.receive_json_from(timeout=10)
+    assert done["type"] == "done"
+    run = await db(OrchestrationRun.objects.get, request_id=started["request_id"])
+    assert run.status == "ok"
+    assert run.cost_micros == done["totals"]["cost"]["micros"]
+    assert (await db(wallet_of, personas)).reserved_micros == 0
+    await communicator.disconnect()
     await db(audit_ok)
