@@ -14,6 +14,7 @@ from apps.accounts.services import api_key_caches_clear
 from apps.gateway.routing import health
 from apps.gateway.selectors import catalog_cache_clear
 from tests.factories import UserFactory, add_member, org_with_owner
+from tests.servers import close_shared_thread_connections
 
 
 @pytest.fixture
@@ -82,8 +83,12 @@ def socket_to(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommuni
 
 @pytest.fixture
 async def _disconnect_sockets() -> AsyncIterator[None]:
+    """After a socket test: every socket disconnected, then the database connection of asgiref's
+    shared thread (where the consumers ran their ORM calls) closed, or PostgreSQL refuses to
+    drop the test database."""
     yield
     while _open_sockets:
         communicator = _open_sockets.pop()
         with contextlib.suppress(Exception):  # already ended, possibly with the test's error
             await communicator.disconnect()
+    close_shared_thread_connections()

@@ -191,7 +191,7 @@ def live_gateway_as_deployed() -> Iterator[LiveGateway]:
     """:func:`live_gateway` with responses sent exactly as the production server sends them:
     a chat call's answer ends before its settle and log row are written. Module-scoped: its
     database connections are given back once its few tests are done (PostgreSQL's 100 are
-    shared by both test workers, and the wallet's concurrency tests need 55 at once)."""
+    shared by both test workers, and the wallet's concurrency tests need 40 at once)."""
     yield from _serve(booked_first=False)
 
 

@@ -4,7 +4,7 @@ auth) with Channels' WebsocketCommunicator; every provider call goes over real H
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import StringIO
 from typing import Any, TypeVar
 
@@ -25,7 +25,6 @@ from apps.wallet import services as wallet_services
 from apps.wallet.models import Reservation, Wallet
 from tests.conftest import Personas, socket_to
 from tests.gateway.conftest import FaultControl
-from tests.servers import close_shared_thread_connections
 
 pytestmark = [
     pytest.mark.anyio,
@@ -45,14 +44,6 @@ def _providers_on_sandbox(settings: Any, sandbox: SandboxServer) -> SandboxServe
     settings.PROVIDER_SANDBOX = True
     settings.PROVIDER_SANDBOX_URL = sandbox.base_url
     return sandbox
-
-
-@pytest.fixture(autouse=True)
-def _close_async_thread_connection() -> Iterator[None]:
-    """The consumer's ORM calls run on asgiref's shared sync thread; close its connection, or
-    PostgreSQL refuses to drop the test database."""
-    yield
-    close_shared_thread_connections()
 
 
 async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -255,8 +246,6 @@ async def test_unauthenticated_socket_gets_a_401_error_and_is_closed(
     closed = await communicator.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
     assert sandbox.app.chat_calls == before
-    # A server answers the close with a disconnect; without it the consumer would live on.
-    await communicator.disconnect(code=4401)
 
 
 async def test_api_key_in_the_query_string_is_ignored(secret: str, personas: Personas) -> None:

@@ -4,7 +4,7 @@ session auth); every provider call goes over real HTTP to the sandbox."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -18,7 +18,6 @@ from apps.wallet.models import Reservation
 from tests.conftest import Personas, socket_to
 from tests.gateway.conftest import FaultControl
 from tests.gateway.test_ws_chat import BROWSER, _session_cookie
-from tests.servers import close_shared_thread_connections
 
 from .conftest import FUNDS, MODELS, audit_ok, fund, messages, wallet_of
 
@@ -30,12 +29,6 @@ pytestmark = [
 
 PATH = "/ws/v1/orchestrate"
 T = TypeVar("T")
-
-
-@pytest.fixture(autouse=True)
-def _close_async_thread_connection() -> Iterator[None]:
-    yield
-    close_shared_thread_connections()
 
 
 async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
