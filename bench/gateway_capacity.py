@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             args.server_cpu,
             [str(gw.VENV_BIN / "uvicorn"), "llmwise.asgi:application", "--host", gw.HOST,
              "--port", str(args.ours_port), "--workers", "1", "--no-access-log",
+             "--timeout-keep-alive", "75",  # as docker/entrypoint.sh
              "--lifespan", "on", "--loop", "uvloop", "--http", "httptools",
              "--backlog", "4096", "--limit-concurrency", str(count + 100)],
         ),

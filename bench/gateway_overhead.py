@@ -586,6 +586,8 @@ def serve_ours(
                 "--workers",
                 "1",
                 "--no-access-log",
+                "--timeout-keep-alive",
+                "75",  # as docker/entrypoint.sh
                 "--lifespan",
                 "on",
                 "--loop",

@@ -22,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -394,6 +396,7 @@ def test_entrypoint_roles_run_the_right_commands() -> None:
         "--proxy-headers",
         "--forwarded-allow-ips='*'",
         '--workers "${WEB_CONCURRENCY:-2}"',
+        '--timeout-keep-alive "${HTTP_KEEP_ALIVE_SECONDS:-75}"',
         "--lifespan on",
     ):
         assert option in web
@@ -463,9 +466,10 @@ def test_healthcheck_host_header_comes_from_allowed_hosts() -> None:
     assert healthcheck.host_header("") == "localhost"
 
 
-@pytest.mark.slow
-def test_web_role_serves_healthz_under_prod_settings(tmp_path: Path) -> None:
-    """`entrypoint.sh web` with the image's settings and the collectstatic throwaway values."""
+@contextmanager
+def web_role(tmp_path: Path) -> Iterator[tuple[int, str, dict[str, str], Path]]:
+    """`entrypoint.sh web` with the image's settings and the collectstatic throwaway values,
+    listening: its port, the Host header the healthcheck sends, its environment and its log."""
     runtime = dockerfile_stages()[-1]
     image_env: dict[str, str] = {}
     for arguments in instructions(runtime, "ENV"):
@@ -479,8 +483,7 @@ def test_web_role_serves_healthz_under_prod_settings(tmp_path: Path) -> None:
         STATIC_ROOT=str(tmp_path / "staticfiles"),
     )
     assert "SECURE_SSL_REDIRECT" not in env, "probe the production default (redirect on)"
-    healthcheck = load_healthcheck()
-    host = healthcheck.host_header(env["ALLOWED_HOSTS"])
+    host = load_healthcheck().host_header(env["ALLOWED_HOSTS"])
     (tmp_path / "staticfiles").mkdir()
     log = tmp_path / "web.log"
     with log.open("w") as output:
@@ -499,16 +502,60 @@ def test_web_role_serves_healthz_under_prod_settings(tmp_path: Path) -> None:
             assert server.poll() is None, f"web exited early:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"web never listened:\n{log.read_text()}"
             time.sleep(0.05)
+        yield port, host, env, log
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_web_role_serves_healthz_under_prod_settings(tmp_path: Path) -> None:
+    healthcheck = load_healthcheck()
+    with web_role(tmp_path) as (port, host, env, log):
         assert healthcheck.healthy(port, host), log.read_text()
         probe = [sys.executable, str(HEALTHCHECK)]
         result = subprocess.run(probe, env=env, capture_output=True, timeout=10)
         assert result.returncode == 0, log.read_text()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
     # With the server gone the same probe reports unhealthy.
     result = subprocess.run(probe, env=env, capture_output=True, timeout=10)
     assert result.returncode == 1
+
+
+def _http_get(sock: socket.socket, host: str) -> bytes:
+    """One ``GET /healthz`` on an open keep-alive connection: the response's status line."""
+    sock.sendall(
+        f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Proto: https\r\n\r\n".encode()
+    )
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    assert length, head
+    while len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        body += chunk
+    return head.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.slow
+def test_web_role_keeps_an_idle_connection_open_longer_than_its_clients_do(
+    tmp_path: Path,
+) -> None:
+    """Clients and load balancers reuse an idle keep-alive connection for some seconds (httpx
+    5 s, common load balancers 60 s). A server that closes it first resets the request a client
+    sends at that instant: with uvicorn's default of 5 s the capacity bench saw 1 to 11 such
+    resets in every 100,000 calls, and none with the image's 75 s."""
+    with (
+        web_role(tmp_path) as (port, host, _env, _log),
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+    ):
+        assert _http_get(sock, host) == b"HTTP/1.1 200 OK"
+        time.sleep(6)  # longer than uvicorn's default keep-alive
+        assert _http_get(sock, host) == b"HTTP/1.1 200 OK"
 
 
 # --- compose -------------------------------------------------------------------------------------
