@@ -29,7 +29,7 @@ case "$role" in
     export PROMETHEUS_MULTIPROC_DIR
     # --proxy-headers trusts X-Forwarded-* from any address: run behind a reverse proxy.
     # Idle keep-alive connections stay open longer than clients and load balancers keep theirs
-    # (docs/operations.md): whoever closes an idle connection first must be the client, or a
+    # (docs/resilience.md): whoever closes an idle connection first must be the client, or a
     # request sent as the server closes it is reset.
     exec uvicorn llmwise.asgi:application --host 0.0.0.0 --port "${PORT:-8000}" \
       --proxy-headers --forwarded-allow-ips='*' --workers "${WEB_CONCURRENCY:-2}" \

@@ -26,6 +26,6 @@ cat <<MSG
   Health: $SITE_URL/healthz   Readiness: $SITE_URL/readyz   Stop: Ctrl-C
 
 MSG
-# The same keep-alive as the production image (docker/entrypoint.sh, docs/operations.md).
+# The same keep-alive as the production image (docker/entrypoint.sh, docs/resilience.md).
 exec .venv/bin/uvicorn llmwise.asgi:application --host "$HOST" --port "$PORT" \
   --timeout-keep-alive "${HTTP_KEEP_ALIVE_SECONDS:-75}" --lifespan on --no-access-log
