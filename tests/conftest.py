@@ -11,6 +11,7 @@ from django.test import Client
 
 from apps.accounts.models import Organization, Role, User
 from apps.accounts.services import api_key_caches_clear
+from apps.gateway.limits import limits_allowances_clear
 from apps.gateway.routing import health
 from apps.gateway.selectors import catalog_cache_clear
 from tests.factories import UserFactory, add_member, org_with_owner
@@ -35,6 +36,7 @@ def _clear_cache() -> None:
     api_key_caches_clear()
     catalog_cache_clear()
     health.health_local_clear()
+    limits_allowances_clear()
 
 
 @dataclass

@@ -114,6 +114,11 @@ def _bucket(now: float, window_seconds: float) -> tuple[int, float, float]:
     return index, elapsed, 1.0 - elapsed / window_seconds
 
 
+def bucket_index(now: float, window_seconds: float) -> int:
+    """Which bucket of a ``window_seconds`` window the clock time ``now`` counts in."""
+    return _bucket(now, window_seconds)[0]
+
+
 def _over(*, prev: int, curr: int, weight: float, amount: int, limit: int) -> bool:
     # The Redis script evaluates the very same expression, in the same order, on doubles.
     return prev * weight + curr + amount > limit

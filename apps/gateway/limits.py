@@ -24,6 +24,8 @@ Decisions (docs/providers.md, "Limits"):
   count every key of the organization; one ``take`` counts key and org windows all or nothing.
 - The key row is read fresh on every request (authentication), so a changed limit or a
   revocation applies to the very next call.
+- Windows far from their limit admit a server process's calls from an allowance counted in
+  advance (see "admission from an allowance" below): no counter round trip before the call.
 - If the counter store is unreachable, calls go through (logged): an outage of Redis must not
   take the gateway down, and the wallet's reservation still bounds the money.
 """
@@ -42,10 +44,10 @@ from django.db.models import Sum
 from redis.exceptions import RedisError
 
 from apps.accounts.models import ApiKey
-from llmwise import metrics
+from llmwise import adb, metrics
 from llmwise.errors import ApplicationError
 
-from .counters import Counters, Take, Window, WindowState, counters
+from .counters import Counters, Take, Window, WindowState, bucket_index, counters
 from .models import CatalogModel, RequestLog
 from .pricing import reservation_micros
 from .providers.base import Usage
@@ -268,6 +270,9 @@ async def limits_admit(
             )
     if not limits and api_key.spend_cap_micros is None:
         return NOTHING_ADMITTED
+    allowed = _from_allowance(limits) if api_key.spend_cap_micros is None else None
+    if allowed is not None:
+        return allowed
     store = counters()
     try:
         held = await _spend_hold(
@@ -299,12 +304,155 @@ async def limits_admit(
             retry_after=refused.retry_after,
             limits=snapshot,
         )
+    if api_key.spend_cap_micros is None:
+        _allowance_offer(limits, taken.states)
     return Admission(
         at=taken.at,
         token_windows=tuple(limit.window for limit in limits if limit.unit == "tokens"),
         spend_held_micros=held,
         snapshot=snapshot,
     )
+
+
+# --- admission from an allowance ---------------------------------------------------------------
+# Windows far from their limit admit a process's calls from an allowance: a share of what each
+# window has left, counted in the shared counters by one take made in the background, then
+# handed out in memory, so the call waits for no counter round trip before going upstream. What
+# a process may admit on its own is counted already, so processes together can never pass a
+# limit; an allowance's unused part counts against the window until it is given back (when the
+# window's bucket moves on or a new allowance replaces it): near a limit a few calls may be
+# refused a little early, never admitted beyond it. Small limits never get one (an allowance of
+# fewer than ALLOWANCE_MIN_CALLS calls), so they are counted call by call as before. Only on
+# the server's loop (the background takes need a loop that outlives the request; llmwise.adb
+# marks it, on PostgreSQL deployments) and for keys without a spend cap (its hold is per call).
+ALLOWANCE_SHARE = 0.05  # of what each window has left
+ALLOWANCE_ROOM = 0.5  # offered only while every window has at least this share of its limit left
+ALLOWANCE_MIN_CALLS = 4
+ALLOWANCES_MAX = (
+    10_000  # bounded memory: forgotten all at once when full (their parts stay counted)
+)
+
+_AllowanceKey = tuple[tuple[str, float, int | None], ...]
+
+
+@dataclass(eq=False, slots=True)
+class _Allowance:
+    limits: tuple[_Limit, ...]  # as counted: each window's ``amount`` was taken in advance
+    at: float  # the counters' clock when it was counted (its buckets)
+    left: list[int]  # per window, what is not handed out yet
+    snapshot: LimitsSnapshot  # the windows as the allowance's take left them
+
+
+_allowances: dict[_AllowanceKey, _Allowance] = {}
+_allowance_tasks: dict[_AllowanceKey, asyncio.Task[None]] = {}
+
+
+def _allowance_key(limits: Sequence[_Limit]) -> _AllowanceKey:
+    return tuple((x.window.key, x.window.window_seconds, x.window.limit) for x in limits)
+
+
+def _from_allowance(limits: list[_Limit]) -> Admission | None:
+    """Admit from this process's allowance for these windows, if it covers the call."""
+    key = _allowance_key(limits)
+    allowance = _allowances.get(key)
+    if allowance is None:
+        return None
+    windows = [limit.window for limit in limits]
+    now = counters().clock()
+    if any(
+        bucket_index(now, w.window_seconds) != bucket_index(allowance.at, w.window_seconds)
+        for w in windows
+    ):
+        _allowance_retire(key)  # its bucket is no longer the current one
+        return None
+    if any(left < w.amount for left, w in zip(allowance.left, windows, strict=True)):
+        _allowance_make(key, allowance.limits)
+        return None
+    for i, window in enumerate(windows):
+        allowance.left[i] -= window.amount
+    if any(
+        left * 2 < taken.window.amount
+        for left, taken in zip(allowance.left, allowance.limits, strict=True)
+    ):
+        _allowance_make(key, allowance.limits)  # the next one, before this one runs out
+    return Admission(
+        at=allowance.at,
+        token_windows=tuple(limit.window for limit in limits if limit.unit == "tokens"),
+        snapshot=allowance.snapshot,
+    )
+
+
+def _allowance_offer(limits: list[_Limit], states: Sequence[WindowState]) -> None:
+    """After a call counted on its own: make an allowance if every window has room for one."""
+    if not limits or not adb.active():
+        return
+    key = _allowance_key(limits)
+    if key in _allowances or key in _allowance_tasks:
+        return
+    batches = []
+    for limit, state in zip(limits, states, strict=True):
+        window, remaining = limit.window, state.remaining or 0
+        if window.limit is None or remaining < window.limit * ALLOWANCE_ROOM:
+            return
+        batch = int(remaining * ALLOWANCE_SHARE)
+        if batch < ALLOWANCE_MIN_CALLS * max(window.amount, 1):
+            return
+        batches.append(replace(limit, window=replace(window, amount=batch)))
+    _allowance_make(key, tuple(batches))
+
+
+def _allowance_make(key: _AllowanceKey, batches: tuple[_Limit, ...]) -> None:
+    if key in _allowance_tasks or not adb.active():
+        return
+    task = asyncio.create_task(_allowance_take(key, batches))
+    _allowance_tasks[key] = task
+    task.add_done_callback(lambda _: _allowance_tasks.pop(key, None))
+
+
+async def _allowance_take(key: _AllowanceKey, batches: tuple[_Limit, ...]) -> None:
+    try:
+        taken = await counters().take([limit.window for limit in batches])
+    except COUNTER_ERRORS:
+        logger.exception("limits: counters unavailable, no allowance made")
+        return
+    if not taken.admitted:
+        return  # the windows have less room than asked: calls are counted one by one
+    if key in _allowances:
+        _allowance_retire(key)
+    elif len(_allowances) >= ALLOWANCES_MAX:
+        _allowances.clear()
+    _allowances[key] = _Allowance(
+        limits=batches,
+        at=taken.at,
+        left=[limit.window.amount for limit in batches],
+        snapshot=_snapshot(list(batches), taken),
+    )
+
+
+def _allowance_retire(key: _AllowanceKey) -> None:
+    """Forget the allowance and give back, in the background, what it did not hand out."""
+    allowance = _allowances.pop(key, None)
+    if allowance is None:
+        return
+    unused = [
+        replace(limit.window, amount=-left)
+        for limit, left in zip(allowance.limits, allowance.left, strict=True)
+        if left > 0
+    ]
+    if unused:
+        task = asyncio.ensure_future(_give_back(unused, at=allowance.at))
+        _giving_back.add(task)
+        task.add_done_callback(_giving_back.discard)
+
+
+_giving_back: set[asyncio.Future[None]] = set()
+
+
+async def _give_back(windows: list[Window], *, at: float) -> None:
+    try:
+        await counters().adjust(windows, at=at)
+    except COUNTER_ERRORS:
+        logger.exception("limits: counters unavailable, an unused allowance stays counted")
 
 
 # Keys (by prefix) whose last admission left room in every window. For these the call service
@@ -369,3 +517,10 @@ async def limits_release(*, api_key: ApiKey, admission: Admission) -> None:
     """Give back what was held for a call that never ran (refused later, or failed upstream
     before producing anything). The request itself stays counted in the RPM windows."""
     await limits_record(api_key=api_key, usage=NO_USAGE, cost_micros=0, admission=admission)
+
+
+def limits_allowances_clear() -> None:
+    """Forget every allowance of this process without giving anything back (tests: the counters
+    they were counted in are emptied between tests)."""
+    _allowances.clear()
+    _allowance_tasks.clear()
