@@ -328,9 +328,8 @@ async def limits_admit(
 ALLOWANCE_SHARE = 0.05  # of what each window has left
 ALLOWANCE_ROOM = 0.5  # offered only while every window has at least this share of its limit left
 ALLOWANCE_MIN_CALLS = 4
-ALLOWANCES_MAX = (
-    10_000  # bounded memory: forgotten all at once when full (their parts stay counted)
-)
+# Bounded memory: all forgotten at once when full (their parts stay counted).
+ALLOWANCES_MAX = 10_000
 
 _AllowanceKey = tuple[tuple[str, float, int | None], ...]
 
@@ -341,6 +340,7 @@ class _Allowance:
     at: float  # the counters' clock when it was counted (its buckets)
     left: list[int]  # per window, what is not handed out yet
     snapshot: LimitsSnapshot  # the windows as the allowance's take left them
+    roomy: bool  # its take left ALLOWANCE_ROOM of every window: another may follow it
 
 
 _allowances: dict[_AllowanceKey, _Allowance] = {}
@@ -366,11 +366,12 @@ def _from_allowance(limits: list[_Limit]) -> Admission | None:
         _allowance_retire(key)  # its bucket is no longer the current one
         return None
     if any(left < w.amount for left, w in zip(allowance.left, windows, strict=True)):
-        _allowance_make(key, allowance.limits)
+        if allowance.roomy:
+            _allowance_make(key, allowance.limits)
         return None
     for i, window in enumerate(windows):
         allowance.left[i] -= window.amount
-    if any(
+    if allowance.roomy and any(
         left * 2 < taken.window.amount
         for left, taken in zip(allowance.left, allowance.limits, strict=True)
     ):
@@ -389,16 +390,24 @@ def _allowance_offer(limits: list[_Limit], states: Sequence[WindowState]) -> Non
     key = _allowance_key(limits)
     if key in _allowances or key in _allowance_tasks:
         return
+    if not _room_for_allowances(limits, states):
+        return
     batches = []
     for limit, state in zip(limits, states, strict=True):
         window, remaining = limit.window, state.remaining or 0
-        if window.limit is None or remaining < window.limit * ALLOWANCE_ROOM:
-            return
         batch = int(remaining * ALLOWANCE_SHARE)
         if batch < ALLOWANCE_MIN_CALLS * max(window.amount, 1):
             return
         batches.append(replace(limit, window=replace(window, amount=batch)))
     _allowance_make(key, tuple(batches))
+
+
+def _room_for_allowances(limits: Sequence[_Limit], states: Sequence[WindowState]) -> bool:
+    return all(
+        limit.window.limit is not None
+        and (state.remaining or 0) >= limit.window.limit * ALLOWANCE_ROOM
+        for limit, state in zip(limits, states, strict=True)
+    )
 
 
 def _allowance_make(key: _AllowanceKey, batches: tuple[_Limit, ...]) -> None:
@@ -426,6 +435,7 @@ async def _allowance_take(key: _AllowanceKey, batches: tuple[_Limit, ...]) -> No
         at=taken.at,
         left=[limit.window.amount for limit in batches],
         snapshot=_snapshot(list(batches), taken),
+        roomy=_room_for_allowances(batches, taken.states),
     )
 
 
