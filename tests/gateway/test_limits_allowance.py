@@ -115,3 +115,43 @@ def test_an_allowance_admits_without_counting_each_call_and_gives_back_what_it_d
     while _org_bucket(personas, window, index) != 6 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _org_bucket(personas, window, index) == 6
+
+
+def test_another_organizations_calls_never_draw_on_an_allowance(
+    live_gateway: LiveGateway, secret: str, settings: Any, personas: Personas
+) -> None:
+    settings.GATEWAY_ORG_RPM = 1000
+    assert _call(live_gateway, secret).status_code == 200
+    time.sleep(0.3)  # our allowance (49 calls) is counted by now
+    wallet = wallet_services.wallet_for_org(org=personas.other_org)
+    wallet_services.wallet_grant(wallet=wallet, amount_micros=1_000_000, note="outsider")
+    theirs = account_services.api_key_create(
+        org=personas.other_org, name="k", created_by=personas.outsider
+    ).secret
+    # Their first call is counted on its own, in their organization's window only.
+    response = _call(live_gateway, theirs)
+    assert response.status_code == 200
+    assert response.headers["x-ratelimit-remaining-requests"] == "999"
+
+
+def test_a_call_admitted_from_an_allowance_still_needs_credit(
+    live_gateway: LiveGateway,
+    secret: str,
+    settings: Any,
+    personas: Personas,
+    sandbox: SandboxServer,
+) -> None:
+    settings.GATEWAY_ORG_RPM = 1000
+    assert _call(live_gateway, secret).status_code == 200
+    time.sleep(0.3)
+    assert _call(live_gateway, secret).headers["x-ratelimit-remaining-requests"] == "950"
+    wallet = wallet_services.wallet_for_org(org=personas.org)
+    wallet.refresh_from_db()
+    wallet_services.wallet_grant(
+        wallet=wallet, amount_micros=-wallet.available_micros, note="drained"
+    )
+    upstream_calls = sandbox.app.chat_calls
+    refused = _call(live_gateway, secret)
+    assert refused.status_code == 402
+    assert refused.json()["error"]["type"] == "insufficient_credit"
+    assert sandbox.app.chat_calls == upstream_calls  # nothing went upstream
